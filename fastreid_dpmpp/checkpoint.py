@@ -1,0 +1,43 @@
+"""Crash-safe writing and trusted reading of checkpoints and stage artifacts."""
+import os
+import pickle
+import tempfile
+
+import torch
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves a
+    half-written file under ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class UntrustedCheckpointError(RuntimeError):
+    pass
+
+
+def trusted_torch_load(path, what="checkpoint"):
+    """``torch.load(weights_only=True)`` on CPU, with numpy scalar types allowed (stock fast-reid
+    pickles its ``metric`` as one). A pickle that would run code is refused with a clear message."""
+    from fastreid_dpmpp.compat import numpy_safe_globals
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UntrustedCheckpointError(
+            f"Refusing to load {what} '{path}': it holds Python objects other than tensors and plain "
+            f"data, and unpickling them could run code. Re-save it as a state dict. ({e})") from e

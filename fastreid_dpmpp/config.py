@@ -1,0 +1,103 @@
+"""Config keys of DPM++: ``add_dpmpp_config(cfg)`` extends fast-reid's defaults.
+
+Every key is commented with the symbol it carries in the paper / SPEC. Values marked [pred] come
+from the predecessors' public code (DPM, SPT, CLIP-ReID); [ours] marks our own choices.
+"""
+from fastreid.config import CfgNode as CN
+
+
+def add_dpmpp_config(cfg):
+    """Add the DPM++ keys to a fast-reid config in place (idempotent)."""
+    if "VIT" in cfg.MODEL:
+        return cfg
+    _C = cfg
+
+    # ---------------------------------------------------------------- backbone (SPEC §1)
+    # fast-reid keys reused: MODEL.BACKBONE.{PRETRAIN_PATH, STRIDE_SIZE, SIE_COE, DROP_PATH_RATIO, FEAT_DIM}.
+    _C.MODEL.VIT = CN()
+    _C.MODEL.VIT.FAMILY = "clip"            # "clip" (open_clip visual tower) or "vanilla" (timm ViT, no text branch)
+    _C.MODEL.VIT.ARCH = "ViT-B-16"          # open_clip model config name (clip) / timm model name (vanilla)
+    # Width/depth overrides for small CPU models (0 keeps the ARCH's value).
+    _C.MODEL.VIT.WIDTH = 0                  # D, visual width
+    _C.MODEL.VIT.LAYERS = 0                 # number of transformer blocks
+    _C.MODEL.VIT.HEADS = 0                  # h, attention heads
+    _C.MODEL.VIT.EMBED_DIM = 0              # D_t, CLIP joint (projection / text) width
+    _C.MODEL.VIT.TEXT_WIDTH = 0             # text transformer width
+    _C.MODEL.VIT.TEXT_LAYERS = 0            # text transformer depth
+    _C.MODEL.VIT.TEXT_HEADS = 0             # text transformer heads
+    _C.MODEL.VIT.WEIGHTS = ""               # local CLIP / ViT weights file; "" = random init (tests, demo)
+    _C.MODEL.VIT.QUICK_GELU = True          # OpenAI CLIP weights were trained with QuickGELU
+    _C.MODEL.VIT.SIE_ENABLED = True         # side-information (camera) embedding, Eq. 2
+    _C.MODEL.VIT.SIE_MODE = "cls"           # "all" tokens (paper Eq. 2) or "cls" token only (CLIP-ReID) [pred]
+    _C.MODEL.VIT.NUM_CAMERAS = 0            # rows of S; 0 = number of training cameras of the dataset
+    _C.MODEL.VIT.TAPS = (2, 4, 10, 12)      # 1-based blocks whose patch tokens feed HMG / SPS [pred]
+
+    # ---------------------------------------------------------------- DPM++ model (SPEC §5)
+    _C.MODEL.DPMPP = CN()
+    _C.MODEL.DPMPP.DESCRIPTOR = "concat"    # test descriptor: "concat" = [v, v_p] (CLIP-ReID) or "cls" = v only
+    _C.MODEL.DPMPP.DPM_ENABLED = True       # mask-prototype branch (L_mask, masked matching) on/off
+    _C.MODEL.DPMPP.HMG_ENABLED = True       # hierarchical mask generator; off = mask from the final feature map only
+    _C.MODEL.DPMPP.HMG_GATES = (1, 1, 1, 1)  # g, one binary gate per tap (Eq. 20)
+    _C.MODEL.DPMPP.MASK_SIDE = "prototype"  # where m acts: "prototype" | "feature" | "both" (Table IV)
+    _C.MODEL.DPMPP.MASK_BEFORE_NORM = True  # apply m before re-normalising (Eq. 10) or after (Table IV)
+    _C.MODEL.DPMPP.MASKED_PROTOTYPE = "visual"  # which prototype is masked: "visual" (P) | "text" (T) | "none" (Table VI)
+    _C.MODEL.DPMPP.TEXT_PROTOTYPES = ""     # Stage I output file (T); "" = no L_coarse
+    _C.MODEL.DPMPP.ALTERNATE_UPDATE = False  # DPM's two-optimiser alternating mask update (doubles cost) [ours]
+
+    # Loss weights (fast-reid reads MODEL.LOSSES.NAME; these add the DPM++ terms)
+    _C.MODEL.LOSSES.COARSE = CN()
+    _C.MODEL.LOSSES.COARSE.SCALE = 1.0      # weight of L_coarse
+    _C.MODEL.LOSSES.COARSE.EPSILON = 0.1    # label smoothing [pred]
+    _C.MODEL.LOSSES.ID = CN()
+    _C.MODEL.LOSSES.ID.SCALE = 1.0          # weight of L_id
+    _C.MODEL.LOSSES.ID.EPSILON = 0.1        # label smoothing
+    _C.MODEL.LOSSES.MASK = CN()
+    _C.MODEL.LOSSES.MASK.SCALE = 1.0        # λ, weight of L_mask
+    _C.MODEL.LOSSES.MASK.S = 30.0           # s, ArcFace scale [pred]
+    _C.MODEL.LOSSES.MASK.M = 0.5            # m, angular margin (0.3 on holistic sets) [pred]
+    _C.MODEL.LOSSES.HEM = CN()
+    _C.MODEL.LOSSES.HEM.ENABLED = True      # Head Enrich Module (Eq. 18-19)
+    _C.MODEL.LOSSES.HEM.SCALE = 0.1         # γ (0.01 for Occluded-REID)
+
+    # ---------------------------------------------------------------- Stage I: prompt learning (SPEC §2)
+    _C.STAGE1 = CN()
+    _C.STAGE1.N_CTX = 4                     # learnable tokens [X1..X4] per identity
+    _C.STAGE1.PROMPT = "A photo of a X X X X person."
+    _C.STAGE1.BASE_LR = 3.5e-4              # Adam [pred]
+    _C.STAGE1.WEIGHT_DECAY = 1e-4
+    _C.STAGE1.MAX_EPOCH = 100               # paper
+    _C.STAGE1.WARMUP_EPOCHS = 5
+    _C.STAGE1.WARMUP_FACTOR = 0.01
+    _C.STAGE1.MIN_LR_FACTOR = 0.002
+    _C.STAGE1.IMS_PER_BATCH = 64
+    _C.STAGE1.OUTPUT = "text_prototypes.pth"  # file name under OUTPUT_DIR
+
+    # ---------------------------------------------------------------- Stage II: SPS (SPEC §3)
+    _C.STAGE2 = CN()
+    _C.STAGE2.RHO = 0.3                     # ρ, target fraction of salient patches [pred]
+    _C.STAGE2.BUDGET_WEIGHT = 50.0          # weight of L_budget [pred]
+    _C.STAGE2.COMPLEMENT_WEIGHT = 0.1       # weight of <softmax(z), softmax(z_complement)> [pred]
+    _C.STAGE2.DECISION_LR = 0.008           # SGD LR of the decision layer [pred]
+    _C.STAGE2.DECISION_MOMENTUM = 0.9
+    _C.STAGE2.OUTPUT = "sps_final.pth"
+
+    # ---------------------------------------------------------------- Stage III: SPT (SPEC §4)
+    _C.SPT = CN()
+    _C.SPT.ENABLED = False                  # saliency-guided patch transfer (Table III "SPT")
+    _C.SPT.SPS_WEIGHTS = ""                 # Stage II checkpoint (frozen)
+    _C.SPT.OIOU = True                      # rank by OIoU (|Mi∧Mj|/|Mj|); False = plain IoU (Eq. 5) (Table III "OIoU")
+    _C.SPT.MASK_ROLLING = True              # horizontal mask rolling for the ranking (Table III "MR")
+    _C.SPT.ALPHA = 0.7                      # α, OIoU threshold [pred]
+    _C.SPT.BETA = 0.7                       # β, rolled-score threshold [ours]
+    _C.SPT.TOP_FRACTION = 0.1               # keep the top 10 % of the ranking as candidates
+    _C.SPT.PROB = 0.5                       # p, probability of synthesising a sample [ours]
+    _C.SPT.THRESHOLD = 0.5                  # binarisation of the SPS saliency
+    _C.SPT.IGNORE_PARTNER = True            # candidate-identity ignoring in CE and triplet
+    _C.SPT.VIS_PERIOD = 0                   # iterations between pictures of synthesised samples (0 = first only)
+
+    # ---------------------------------------------------------------- inference (SPEC §6)
+    _C.TEST.MASKED_MATCHING = CN()
+    _C.TEST.MASKED_MATCHING.ENABLED = True  # dynamic masked matching with the query's mask
+    _C.TEST.MASKED_MATCHING.DISTANCE = "cosine"  # 1 - sim ("cosine") or arccos(sim) ("angular")
+    _C.TEST.MASKED_MATCHING.BLOCK_SIZE = 4096    # gallery rows per block
+    return cfg
