@@ -79,6 +79,7 @@ class CPUDataLoader(torch.utils.data.DataLoader):
     background thread; here the batch stays where the model's ``preprocess_image`` moves it."""
 
     def __init__(self, local_rank=0, **kwargs):
+        kwargs["pin_memory"] = kwargs.get("pin_memory", False) and torch.cuda.is_available()
         super().__init__(**kwargs)
         self.local_rank = local_rank
 

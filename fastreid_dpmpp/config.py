@@ -12,6 +12,9 @@ def add_dpmpp_config(cfg):
         return cfg
     _C = cfg
 
+    # Dataset root; "" = fast-reid's FASTREID_DATASETS environment variable (default "datasets").
+    _C.DATASETS.ROOT = ""
+
     # ---------------------------------------------------------------- backbone (SPEC §1)
     # fast-reid keys reused: MODEL.BACKBONE.{PRETRAIN_PATH, STRIDE_SIZE, SIE_COE, DROP_PATH_RATIO, FEAT_DIM}.
     _C.MODEL.VIT = CN()

@@ -1,0 +1,1 @@
+from .clip_reid_head import CLIPReIDHead  # noqa: F401

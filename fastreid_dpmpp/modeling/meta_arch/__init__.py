@@ -1,0 +1,1 @@
+from .clip_baseline import CLIPBaseline  # noqa: F401

@@ -1,0 +1,42 @@
+"""CLIP-ReID-style baseline (issue 2; the "baseline" row of the paper's Table III).
+
+BN-neck, ID loss (label-smoothed CE) on BN(v) and BN(v_p), batch-hard triplet on v and v_p; test descriptor
+concat[v, v_p]. With SPT attached, synthesised samples ignore their partner's class (SPEC §4.6)."""
+from fastreid.modeling.heads import build_heads
+from fastreid.modeling.losses.cross_entroy_loss import log_accuracy
+from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
+
+from ..losses import batch_hard_triplet_loss, cross_entropy_with_ignored_classes
+from .vit_reid import ViTReIDMetaArch, head_config
+
+
+@META_ARCH_REGISTRY.register()
+class CLIPBaseline(ViTReIDMetaArch):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.heads = build_heads(head_config(cfg, self.backbone))
+        self.id_epsilon = cfg.MODEL.LOSSES.ID.EPSILON
+        self.id_scale = cfg.MODEL.LOSSES.ID.SCALE
+        self.tri_margin = cfg.MODEL.LOSSES.TRI.MARGIN
+        self.tri_scale = cfg.MODEL.LOSSES.TRI.SCALE
+
+    def training_losses(self, outputs, targets, spt_info):
+        ignored, excluded = spt_ignore_masks(spt_info)
+        logits = self.heads(outputs)
+        log_accuracy(logits["cls"].detach(), targets)
+        losses = {}
+        for name, branch_logits in logits.items():
+            losses[f"loss_id_{name}"] = self.id_scale * cross_entropy_with_ignored_classes(
+                branch_logits, targets, epsilon=self.id_epsilon, ignored_classes=ignored)
+        for name in ("cls", "proj"):
+            if outputs.get(name) is not None:
+                losses[f"loss_triplet_{name}"] = self.tri_scale * batch_hard_triplet_loss(
+                    outputs[name], targets, margin=self.tri_margin, excluded_negatives=excluded)
+        return losses
+
+
+def spt_ignore_masks(spt_info):
+    """Partner classes to drop from the softmax and partner-identity negatives to drop from triplet mining."""
+    if spt_info is None:
+        return None, None
+    return spt_info["ignored_classes"], spt_info["excluded_negatives"]
