@@ -1,0 +1,28 @@
+"""Head Enrich Module loss (SPEC §5, Eq. 18-19): decorrelates the class-token attention of the heads."""
+import torch
+import torch.nn.functional as F
+
+__all__ = ["head_orthogonality_loss"]
+
+
+def head_orthogonality_loss(attn_logits):
+    """Eq. 18-19: L_hem = mean_b ‖Â_b Â_bᵀ − I_h‖²_F / h².
+
+    A_b (h, N) = the last block's class-token → patch attention logits of image b (before softmax);
+    Â_b = A_b with every head's row L2-normalised over the N patches. The Gram matrix Â_b Â_bᵀ holds the
+    cosine similarity of every pair of heads; its diagonal is 1, so only the off-diagonal correlations
+    are penalised. (DPM sums over the batch; the SPEC takes the mean, so γ does not depend on B.)
+
+    Args:
+        attn_logits: (B, h, N).
+    Returns:
+        scalar loss.
+    """
+    if attn_logits.dim() != 3:
+        raise ValueError(f"hem.py: expected attention logits (B, h, N), got {tuple(attn_logits.shape)}")
+    num_heads = attn_logits.shape[1]
+    unit_rows = F.normalize(attn_logits.float(), dim=2)
+    gram = unit_rows @ unit_rows.transpose(1, 2)
+    identity = torch.eye(num_heads, device=gram.device, dtype=gram.dtype)
+    squared_frobenius = (gram - identity).pow(2).sum(dim=(1, 2))
+    return squared_frobenius.mean() / (num_heads * num_heads)
