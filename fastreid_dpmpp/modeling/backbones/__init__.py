@@ -1,0 +1,2 @@
+"""DPM++ backbones; importing this package registers them in fast-reid's BACKBONE_REGISTRY."""
+from .clip_vit import ReIDViT, build_clip_model, build_clip_vit_backbone  # noqa: F401
