@@ -18,5 +18,7 @@ from .config import add_dpmpp_config  # noqa: E402
 
 apply_runtime_fixes()
 
+from . import data, modeling  # noqa: E402,F401  (registration)
+
 __version__ = "0.1.0"
 __all__ = ["add_dpmpp_config", "__version__"]

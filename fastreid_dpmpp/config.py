@@ -16,7 +16,7 @@ def add_dpmpp_config(cfg):
     _C.DATASETS.ROOT = ""
 
     # ---------------------------------------------------------------- backbone (SPEC §1)
-    # fast-reid keys reused: MODEL.BACKBONE.{PRETRAIN_PATH, STRIDE_SIZE, SIE_COE, DROP_PATH_RATIO, FEAT_DIM}.
+    # fast-reid keys reused: MODEL.BACKBONE.{STRIDE_SIZE (s), SIE_COE (λ_sie), DROP_PATH_RATIO, FEAT_DIM (D)}.
     _C.MODEL.VIT = CN()
     _C.MODEL.VIT.FAMILY = "clip"            # "clip" (open_clip visual tower) or "vanilla" (timm ViT, no text branch)
     _C.MODEL.VIT.ARCH = "ViT-B-16"          # open_clip model config name (clip) / timm model name (vanilla)
@@ -97,6 +97,10 @@ def add_dpmpp_config(cfg):
     _C.SPT.THRESHOLD = 0.5                  # binarisation of the SPS saliency
     _C.SPT.IGNORE_PARTNER = True            # candidate-identity ignoring in CE and triplet
     _C.SPT.VIS_PERIOD = 0                   # iterations between pictures of synthesised samples (0 = first only)
+
+    # ---------------------------------------------------------------- pipeline (tools/run_pipeline.py)
+    _C.PIPELINE = CN()
+    _C.PIPELINE.STAGE2_CONFIG = "sps.yml"   # Stage II config, relative to the DPM++ config's folder
 
     # ---------------------------------------------------------------- inference (SPEC §6)
     _C.TEST.MASKED_MATCHING = CN()

@@ -1,0 +1,123 @@
+"""The three-stage DPM++ pipeline: I (prompt learning) -> II (SPS) -> III (SPT + DPM++), then evaluation.
+
+Each stage runs as its own fast-reid training process (``tools/train_stage1.py``, ``tools/train_stage2.py``,
+``tools/train_net.py``) in its own OUTPUT_DIR, so every stage keeps fast-reid's logging, checkpoints and
+``--resume``. A stage whose artifact exists is skipped; an interrupted stage resumes from its last checkpoint.
+The artifact of one stage is passed to the next through config keys:
+
+    Stage I   -> <out>/stage1/<STAGE1.OUTPUT>     -> MODEL.DPMPP.TEXT_PROTOTYPES
+    Stage II  -> <out>/stage2/<STAGE2.OUTPUT>     -> SPT.SPS_WEIGHTS
+    Stage III -> <out>/stage3/model_final.pth     -> evaluated with fast-reid's evaluator
+"""
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .defaults import load_config
+
+logger = logging.getLogger("fastreid.dpmpp.pipeline")
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
+_PROGRESS = re.compile(r"eta: (\S+)\s+epoch/iter: (\d+)/(\d+)\s+total_loss: (\S+)")
+
+
+@dataclass
+class Stage:
+    name: str
+    script: str
+    config_file: str
+    output_dir: str
+    artifact: str
+    opts: list = field(default_factory=list)
+
+    @property
+    def artifact_path(self):
+        return os.path.join(self.output_dir, self.artifact)
+
+    def done(self):
+        return os.path.isfile(self.artifact_path)
+
+
+def stage2_config_path(config_file, cfg):
+    """Stage II's config: PIPELINE.STAGE2_CONFIG, relative to the DPM++ config's folder."""
+    return os.path.join(os.path.dirname(os.path.abspath(config_file)), cfg.PIPELINE.STAGE2_CONFIG)
+
+
+def plan_stages(config_file, output_dir, opts=()):
+    """The three stages with their configs, output folders, artifacts and hand-over keys."""
+    cfg = load_config(config_file, opts)
+    stage1_dir, stage2_dir, stage3_dir = (os.path.join(output_dir, s) for s in ("stage1", "stage2", "stage3"))
+    stage1 = Stage("I: prompt learning", "train_stage1.py", config_file, stage1_dir, cfg.STAGE1.OUTPUT, list(opts))
+    stage2_file = stage2_config_path(config_file, cfg)
+    stage2_cfg = load_config(stage2_file, opts)
+    stage2 = Stage("II: salient patch selection", "train_stage2.py", stage2_file, stage2_dir, stage2_cfg.STAGE2.OUTPUT,
+                   list(opts))
+    stage3 = Stage("III: SPT + DPM++", "train_net.py", config_file, stage3_dir, "model_final.pth",
+                   list(opts) + ["MODEL.DPMPP.TEXT_PROTOTYPES", stage1.artifact_path,
+                                 "SPT.SPS_WEIGHTS", stage2.artifact_path])
+    return [stage1, stage2, stage3]
+
+
+def run_stage(stage, log_file, show_progress=True):
+    """Run one stage as a child process; its full log goes to ``log_file``, a one-line progress to the console."""
+    os.makedirs(stage.output_dir, exist_ok=True)
+    command = [sys.executable, os.path.join(TOOLS, stage.script), "--config-file", stage.config_file, "--resume",
+               *map(str, stage.opts), "OUTPUT_DIR", stage.output_dir]
+    start = time.time()
+    with open(log_file, "a") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        for line in process.stdout:
+            log.write(line)
+            match = _PROGRESS.search(line)
+            if match and show_progress:
+                eta, epoch, it, loss = match.groups()
+                print(f"\r  [{stage.name}] epoch {epoch} iter {it} loss {loss} eta {eta}      ", end="", flush=True)
+        process.wait()
+    if show_progress:
+        print(f"\r  [{stage.name}] finished in {time.time() - start:.0f} s" + " " * 30, flush=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"Stage {stage.name} failed (exit {process.returncode}); see {log_file}")
+    if not stage.done():
+        raise RuntimeError(f"Stage {stage.name} finished but did not write {stage.artifact_path}; see {log_file}")
+    return time.time() - start
+
+
+def run_pipeline(config_file, output_dir, opts=(), show_progress=True):
+    """Run I -> II -> III, skipping stages whose artifact exists. Returns {stage name: seconds (0 if skipped)}."""
+    os.makedirs(output_dir, exist_ok=True)
+    log_file = os.path.join(output_dir, "pipeline.log")
+    timings = {}
+    for stage in plan_stages(config_file, output_dir, opts):
+        if stage.done():
+            print(f"  [{stage.name}] artifact exists, skipped: {stage.artifact_path}", flush=True)
+            timings[stage.name] = 0.0
+            continue
+        timings[stage.name] = run_stage(stage, log_file, show_progress)
+    return timings
+
+
+def evaluate_checkpoint(config_file, weights, opts=(), output_dir=None):
+    """fast-reid's evaluation of a trained model; returns {dataset: {metric: value}}."""
+    import fastreid_dpmpp  # noqa: F401
+    from fastreid.utils.checkpoint import Checkpointer
+
+    from .defaults import apply_dataset_root
+    from .trainer import DPMPPTrainer, with_camera_count
+
+    cfg = load_config(config_file, list(opts) + ["MODEL.WEIGHTS", weights] +
+                      (["OUTPUT_DIR", output_dir] if output_dir else []))
+    cfg.freeze()
+    apply_dataset_root(cfg)
+    cfg = with_camera_count(cfg)
+    model = DPMPPTrainer.build_model(cfg)
+    Checkpointer(model).load(weights)
+    results = DPMPPTrainer.test(cfg, model)
+    if len(cfg.DATASETS.TESTS) == 1:
+        results = {cfg.DATASETS.TESTS[0]: results}
+    return results
