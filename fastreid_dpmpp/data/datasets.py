@@ -1,0 +1,202 @@
+"""Occluded ReID datasets for fast-reid's ``DATASET_REGISTRY`` (SPEC §7).
+
+* ``OccludedDuke``: ``<root>/Occluded_Duke/{bounding_box_train,query,bounding_box_test}`` (or CLIP-ReID's
+  ``<root>/dukemtmcreid/Occluded_Duke``), files ``<pid>_c<cam>_f<frame>.jpg``, 8 cameras.
+* ``OccludedDukeHolisticQuery``: the same, with the query read from ``Occluded_Duke/query_holistic``
+  (written only by the synthetic benchmark: the same queries without their occluders).
+* ``OccludedREID``: test only, read from the raw release ``<root>/OccludedREID/occluded_body_images/<pid>/
+  <pid>_<nn>.tif`` (query, camera 0) and ``whole_body_images/...`` (gallery, camera 1), so that the
+  same-camera filter of the evaluation drops nothing. No renaming step.
+
+fast-reid calls each class as ``cls(root=..., **kwargs)``. As in fast-reid's own Market1501, training
+pids and camids are prefixed with ``dataset_name + "_"``; test pids and camids stay integers.
+Layout problems raise a :class:`DatasetLayoutError` that names the path and the expected layout.
+"""
+import logging
+import os
+import re
+
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.data.datasets.bases import ImageDataset
+
+logger = logging.getLogger("fastreid.dpmpp.data.datasets")
+
+__all__ = [
+    "DatasetLayoutError", "DatasetNotFoundError", "FileNamePatternError", "EmptySplitError",
+    "OccludedDuke", "OccludedDukeHolisticQuery", "OccludedREID",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+class DatasetLayoutError(RuntimeError):
+    """The files on disk do not have the layout a dataset class expects."""
+
+
+class DatasetNotFoundError(DatasetLayoutError):
+    """The dataset folder, or one of its split folders, is missing."""
+
+
+class FileNamePatternError(DatasetLayoutError):
+    """An image file name does not follow the dataset's naming pattern."""
+
+
+class EmptySplitError(DatasetLayoutError):
+    """A split folder holds no image."""
+
+
+def _listing(folder):
+    """Sorted visible entries of a folder (sorted: the item order must not depend on the file system)."""
+    return sorted(e for e in os.listdir(folder) if not e.startswith("."))
+
+
+def locate_dataset_dir(dataset, root, candidates, required, expected_tree):
+    """Return the first existing ``root/<candidate>`` folder, checking it holds every ``required`` subfolder.
+
+    Raises DatasetNotFoundError naming every path tried and the expected layout."""
+    tried = [os.path.join(root, c) for c in candidates]
+    found = next((p for p in tried if os.path.isdir(p)), None)
+    layout = f"Expected layout:\n{expected_tree}"
+    if found is None:
+        hint = ""
+        if all(os.path.isdir(os.path.join(root, r)) for r in required):
+            hint = (f"\n{root} itself holds {', '.join(required)}: point root (FASTREID_DATASETS or "
+                    f"DATASETS.ROOT) at its parent folder instead.")
+        raise DatasetNotFoundError(
+            f"{dataset}: dataset folder not found under root {root!r}. Tried:\n"
+            + "\n".join(f"  {p}" for p in tried) + f"\n{layout}{hint}")
+    missing = [r for r in required if not os.path.isdir(os.path.join(found, r))]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{dataset}: {found} has no {', '.join(r + '/' for r in missing)} folder "
+            f"(tried {', '.join(os.path.join(found, r) for r in missing)}).\n{layout}")
+    return found
+
+
+# ----------------------------------------------------------------------------- Occluded-Duke
+_DUKE_TREE = """<root>/
+  Occluded_Duke/                 (or <root>/dukemtmcreid/Occluded_Duke/)
+    bounding_box_train/          <pid>_c<cam>_f<frame>.jpg, e.g. 0005_c2_f0046985.jpg
+    query/
+    bounding_box_test/"""
+
+
+@DATASET_REGISTRY.register()
+class OccludedDuke(ImageDataset):
+    """Occluded-Duke (Miao et al., ICCV 2019): 15,618 train (702 ids) / 2,210 query / 17,661 gallery, 8 cameras.
+
+    All queries and ~10 % of the gallery are occluded. Files match ``([-\\d]+)_c(\\d)``; camid is made 0-based."""
+    dataset_name = "occludedduke"
+    candidate_dirs = ("Occluded_Duke", os.path.join("dukemtmcreid", "Occluded_Duke"))
+    query_subdir = "query"
+    pattern = re.compile(r"([-\d]+)_c(\d)")
+    num_cameras = 8
+    expected_tree = _DUKE_TREE
+
+    def __init__(self, root="datasets", **kwargs):
+        self.root = root
+        splits = ("bounding_box_train", self.query_subdir, "bounding_box_test")
+        self.dataset_dir = locate_dataset_dir(type(self).__name__, root, self.candidate_dirs, splits,
+                                              self.expected_tree)
+        self.train_dir, self.query_dir, self.gallery_dir = (os.path.join(self.dataset_dir, s) for s in splits)
+        train = self.process_dir(self.train_dir, is_train=True)
+        query = self.process_dir(self.query_dir, is_train=False)
+        gallery = self.process_dir(self.gallery_dir, is_train=False)
+        super().__init__(train, query, gallery, **kwargs)
+
+    def process_dir(self, dir_path, is_train=True):
+        """(path, pid, camid) for every ``*.jpg`` of ``dir_path``; pid -1 (junk) is skipped."""
+        data = []
+        files = [f for f in _listing(dir_path) if f.lower().endswith(".jpg")]
+        for name in files:
+            match = self.pattern.match(name)
+            if match is None:
+                raise FileNamePatternError(
+                    f"{type(self).__name__}: file {os.path.join(dir_path, name)} does not match the naming "
+                    f"pattern '{self.pattern.pattern}' (<pid>_c<cam>_f<frame>.jpg, e.g. 0005_c2_f0046985.jpg).")
+            pid, camid = map(int, match.groups())
+            if not 1 <= camid <= self.num_cameras:
+                raise FileNamePatternError(
+                    f"{type(self).__name__}: file {os.path.join(dir_path, name)} has camera c{camid}; "
+                    f"expected c1..c{self.num_cameras} (pattern '{self.pattern.pattern}').")
+            if pid == -1:
+                continue
+            camid -= 1
+            if is_train:
+                pid, camid = f"{self.dataset_name}_{pid}", f"{self.dataset_name}_{camid}"
+            data.append((os.path.join(dir_path, name), pid, camid))
+        if not data:
+            raise EmptySplitError(f"{type(self).__name__}: split folder {dir_path} holds no <pid>_c<cam>_*.jpg "
+                                  f"image ({len(_listing(dir_path))} other entries).\nExpected layout:\n"
+                                  f"{self.expected_tree}")
+        return data
+
+
+@DATASET_REGISTRY.register()
+class OccludedDukeHolisticQuery(OccludedDuke):
+    """Occluded-Duke with the query read from ``query_holistic``: the same queries (pid, camera, frame,
+    pose) without occluders. Only the synthetic benchmark writes it; comparing the two measures what the
+    occlusion costs. The training set is OccludedDuke's (same ``dataset_name``)."""
+    query_subdir = "query_holistic"
+    expected_tree = _DUKE_TREE + """
+    query_holistic/              (written by tools/make_synthetic_dataset.py only)"""
+
+
+# ----------------------------------------------------------------------------- Occluded-REID
+_OREID_TREE = """<root>/
+  OccludedREID/                  (or <root>/Occluded_REID/)
+    occluded_body_images/        query
+      001/001_01.tif ...         <pid>/<pid>_<nn>.tif (.jpg and .png accepted)
+    whole_body_images/           gallery
+      001/001_01.tif ...
+(the raw release; the renamed query/ + bounding_box_test/ layout of DPM's Rename.py is not read)"""
+
+
+@DATASET_REGISTRY.register()
+class OccludedREID(ImageDataset):
+    """Occluded-REID (Zhuo et al., ICME 2018): 200 ids x 5 occluded + 5 whole-body images, test only.
+
+    Trained on Market-1501 (SPEC §7). Query = occluded_body_images with camid 0, gallery =
+    whole_body_images with camid 1: the cameras differ, so the same-camera filter drops nothing."""
+    dataset_name = "occludedreid"
+    candidate_dirs = ("OccludedREID", "Occluded_REID")
+    query_subdir, gallery_subdir = "occluded_body_images", "whole_body_images"
+    query_camid, gallery_camid = 0, 1
+    pattern = re.compile(r"(\d+)_(\d+)\.(tif|tiff|jpg|jpeg|png)", re.IGNORECASE)
+    expected_tree = _OREID_TREE
+
+    def __init__(self, root="datasets", **kwargs):
+        self.root = root
+        splits = (self.query_subdir, self.gallery_subdir)
+        self.dataset_dir = locate_dataset_dir(type(self).__name__, root, self.candidate_dirs, splits,
+                                              self.expected_tree)
+        self.query_dir, self.gallery_dir = (os.path.join(self.dataset_dir, s) for s in splits)
+        query = self.process_dir(self.query_dir, self.query_camid)
+        gallery = self.process_dir(self.gallery_dir, self.gallery_camid)
+        super().__init__([], query, gallery, **kwargs)
+
+    def process_dir(self, dir_path, camid):
+        """(path, pid, camid) for every ``<pid>/<pid>_<nn>.<ext>`` image under ``dir_path``."""
+        data = []
+        for pid_dir in _listing(dir_path):
+            folder = os.path.join(dir_path, pid_dir)
+            if not os.path.isdir(folder):
+                if pid_dir.lower().endswith(IMAGE_EXTENSIONS):
+                    raise FileNamePatternError(
+                        f"{type(self).__name__}: image {folder} lies directly in {dir_path}; expected one "
+                        f"folder per identity: <pid>/<pid>_<nn>.tif (pattern '{self.pattern.pattern}').")
+                continue
+            for name in _listing(folder):
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                match = self.pattern.fullmatch(name)
+                if match is None or not pid_dir.isdigit() or int(match.group(1)) != int(pid_dir):
+                    raise FileNamePatternError(
+                        f"{type(self).__name__}: file {os.path.join(folder, name)} does not match the naming "
+                        f"pattern '{self.pattern.pattern}' inside its identity folder "
+                        f"(<pid>/<pid>_<nn>.tif, e.g. 001/001_01.tif).")
+                data.append((os.path.join(folder, name), int(pid_dir), camid))
+        if not data:
+            raise EmptySplitError(f"{type(self).__name__}: split folder {dir_path} holds no <pid>/<pid>_<nn> "
+                                  f"image.\nExpected layout:\n{self.expected_tree}")
+        return data
