@@ -255,8 +255,38 @@ def fix_best_checkpoint_reload():
     Checkpointer._load_file = _load_file
 
 
+def _keep_grad_buffers(optimizer):
+    def zero_grad(set_to_none=False):
+        torch.optim.Optimizer.zero_grad(optimizer, set_to_none=False)
+    optimizer.zero_grad = zero_grad
+    return optimizer
+
+
+@_once
+def fix_contiguous_params_zero_grad():
+    """fast-reid's ``build_optimizer`` packs the parameters into one contiguous buffer (``ContiguousParams``):
+    each ``p.grad`` is a view of a shared gradient buffer that the optimizer steps. Since torch 2.0,
+    ``optimizer.zero_grad()`` sets gradients to None, so backward writes fresh tensors outside the buffer and
+    the optimizer steps zeros: the model silently never trains. Zero the buffers in place instead."""
+    import fastreid.engine.defaults as engine_defaults
+    import fastreid.solver.build as solver_build
+    original = solver_build.build_optimizer
+
+    @functools.wraps(original)
+    def build_optimizer(cfg, model, contiguous=True):
+        optimizer, param_wrapper = original(cfg, model, contiguous)
+        return (_keep_grad_buffers(optimizer) if contiguous else optimizer), param_wrapper
+
+    build_optimizer.__wrapped_original__ = original
+    for module in (solver_build, engine_defaults):
+        module.build_optimizer = build_optimizer
+    import fastreid.solver as solver
+    solver.build_optimizer = build_optimizer
+
+
 def apply_runtime_fixes():
     """Patches that need fast-reid's modules imported; called by ``import fastreid_dpmpp``."""
+    fix_contiguous_params_zero_grad()
     fix_cuda_only_dataloader()
     fix_cython_self_compile()
     fix_gpu_only_reranking()

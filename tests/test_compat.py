@@ -153,3 +153,25 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
+
+
+def _one_training_step(build_optimizer):
+    from fastreid_dpmpp.engine import load_config
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    optimizer, _ = build_optimizer(load_config(None, ["SOLVER.OPT", "Adam", "SOLVER.BASE_LR", 0.1]), model)
+    before = model[0].weight.detach().clone()
+    for _ in range(2):  # as SimpleTrainer.run_step: zero_grad, backward, step
+        loss = model(torch.randn(5, 4)).pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return (model[0].weight - before).abs().max().item()
+
+
+def test_fastreid_optimizer_actually_updates_the_model():
+    import fastreid.engine.defaults as engine_defaults
+    import fastreid.solver.build as solver_build
+    assert engine_defaults.build_optimizer is solver_build.build_optimizer  # DefaultTrainer gets the fixed one
+    assert _one_training_step(solver_build.build_optimizer) > 1e-3
+    # stock fast-reid on torch >= 2: zero_grad() sets grads to None and the contiguous buffer never moves
+    assert _one_training_step(solver_build.build_optimizer.__wrapped_original__) == 0.0
