@@ -12,6 +12,9 @@ def add_dpmpp_config(cfg):
         return cfg
     _C = cfg
 
+    # Random seed (detectron2 convention; fast-reid 1.4.0 has no such key): -1 = random.
+    if "SEED" not in _C:
+        _C.SEED = -1
     # Dataset root; "" = fast-reid's FASTREID_DATASETS environment variable (default "datasets").
     _C.DATASETS.ROOT = ""
 
@@ -34,6 +37,7 @@ def add_dpmpp_config(cfg):
     _C.MODEL.VIT.SIE_MODE = "cls"           # "all" tokens (paper Eq. 2) or "cls" token only (CLIP-ReID) [pred]
     _C.MODEL.VIT.NUM_CAMERAS = 0            # rows of S; 0 = number of training cameras of the dataset
     _C.MODEL.VIT.TAPS = (2, 4, 10, 12)      # 1-based blocks whose patch tokens feed HMG / SPS [pred]
+    _C.MODEL.BACKBONE.TAP_STAGES = (1, 2, 3, 4)  # CNN (build_tapped_resnet_backbone): ResNet stages feeding HMG
 
     # ---------------------------------------------------------------- DPM++ model (SPEC §5)
     _C.MODEL.DPMPP = CN()
@@ -58,6 +62,7 @@ def add_dpmpp_config(cfg):
     _C.MODEL.LOSSES.MASK.SCALE = 1.0        # λ, weight of L_mask
     _C.MODEL.LOSSES.MASK.S = 30.0           # s, ArcFace scale [pred]
     _C.MODEL.LOSSES.MASK.M = 0.5            # m, angular margin (0.3 on holistic sets) [pred]
+    _C.MODEL.LOSSES.MASK.EPSILON = 0.0      # label smoothing of L_mask (DPM uses none)
     _C.MODEL.LOSSES.HEM = CN()
     _C.MODEL.LOSSES.HEM.ENABLED = True      # Head Enrich Module (Eq. 18-19)
     _C.MODEL.LOSSES.HEM.SCALE = 0.1         # γ (0.01 for Occluded-REID)

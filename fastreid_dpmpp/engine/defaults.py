@@ -5,6 +5,7 @@ import os
 import torch
 from fastreid.config import get_cfg
 from fastreid.engine import default_setup
+from fastreid.utils.env import seed_all_rng
 
 from ..config import add_dpmpp_config
 
@@ -44,5 +45,7 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    if cfg.SEED >= 0:
+        seed_all_rng(cfg.SEED)
     apply_dataset_root(cfg)
     return cfg

@@ -1,0 +1,1 @@
+from .masked_evaluator import MaskedReidEvaluator  # noqa: F401

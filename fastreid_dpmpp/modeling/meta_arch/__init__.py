@@ -1,1 +1,4 @@
 from .clip_baseline import CLIPBaseline  # noqa: F401
+from .dpmpp import DPMPP  # noqa: F401
+from .sps_arch import SPSModel  # noqa: F401
+from .prompt_learning import CLIPPromptLearning  # noqa: F401

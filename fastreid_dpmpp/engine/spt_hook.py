@@ -1,0 +1,165 @@
+"""Stage III SPT as a fast-reid training hook (SPEC §4).
+
+``DPMPPTrainer.build_hooks`` inserts :class:`SPTHook` when SPT.ENABLED is True. The hook
+
+* when built (inside the trainer's constructor): builds the Stage II model (``SPSModel``) from the trainer's config,
+  overridden by the backbone keys recorded in the SPS checkpoint (so an SPS model trained with another stride works:
+  its masks are resized to the ReID grid), loads SPT.SPS_WEIGHTS and freezes it;
+* before training: attaches an :class:`SPTSynthesizer` to the ReID model (``attach_spt``; the SPS model stays outside
+  the ReID model's module tree, so it is never trained, moved or saved with it);
+* after every step: puts the batch's synthesis statistics into the trainer's EventStorage, so fast-reid's writers
+  log them (console, metrics.json, TensorBoard);
+* at the first iteration and every SPT.VIS_PERIOD iterations (0 = the first only) writes a picture of the real
+  synthesised samples of the current batch, rendered on pixels, to ``OUTPUT_DIR/spt_samples_iter{N}.png``
+  (N = 0-based iteration).
+
+Accepted SPS files: anything holding ``{"model": <SPSModel state dict>}``: the Stage II artifact
+``OUTPUT_DIR/STAGE2.OUTPUT`` written by ``tools/train_stage2.py`` (which also records the backbone keys and the
+class count) or one of Stage II's fast-reid checkpoints (``stage2/model_final.pth``; then the trainer's own
+backbone keys are used).
+"""
+import logging
+import os
+
+import torch
+from fastreid.engine.train_loop import HookBase
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, build_model
+from fastreid.utils import comm
+
+from ..checkpoint import trusted_torch_load
+from ..modeling.spt_synthesizer import SPTSynthesizer, freeze_model
+
+logger = logging.getLogger("fastreid.dpmpp.spt_hook")
+
+__all__ = ["SPTHook", "SPSWeightsError", "load_frozen_sps_model", "sps_model_config", "unwrap_model",
+           "picture_path"]
+
+SPS_META_KEY = "sps_meta"
+CLASSIFIER_KEY = "heads.classifier.weight"
+
+
+class SPSWeightsError(ValueError):
+    """SPT.SPS_WEIGHTS is unset, missing, or does not hold an SPS model matching the config."""
+
+
+def unwrap_model(model):
+    """The module behind DistributedDataParallel (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def picture_path(output_dir, iteration):
+    return os.path.join(output_dir, f"spt_samples_iter{int(iteration)}.png")
+
+
+def _read_sps_file(path, key):
+    if not path:
+        raise SPSWeightsError(f"{key} is empty: set it to the Stage II checkpoint (OUTPUT_DIR/STAGE2.OUTPUT written "
+                              f"by tools/train_stage2.py)")
+    if not os.path.isfile(path):
+        raise SPSWeightsError(f"{key}: the SPS checkpoint '{path}' does not exist (run Stage II, "
+                              f"tools/train_stage2.py, or point {key} at its STAGE2.OUTPUT file)")
+    try:
+        checkpoint = trusted_torch_load(path, what=f"SPS checkpoint ({key})")
+    except Exception as e:
+        raise SPSWeightsError(f"{key}: cannot read the SPS checkpoint '{path}': {e}") from e
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise SPSWeightsError(f"{key}: '{path}' is not an SPS checkpoint: expected a dict with a 'model' state dict "
+                              f"(tools/train_stage2.py's STAGE2.OUTPUT or a Stage II model_final.pth)")
+    return checkpoint
+
+
+def sps_model_config(cfg, checkpoint):
+    """A frozen copy of ``cfg`` that builds the SPS model of ``checkpoint``: META_ARCHITECTURE SPSModel, the backbone
+    keys recorded by Stage II (if any), the class count of its classifier, no weights file (all weights come from
+    the checkpoint)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    recorded = checkpoint.get(SPS_META_KEY, {}).get("backbone_config", {})
+    if recorded:
+        cfg.merge_from_list([item for key, value in recorded.items() for item in (key, value)])
+    cfg.MODEL.META_ARCHITECTURE = "SPSModel"
+    cfg.MODEL.VIT.WEIGHTS = ""
+    cfg.MODEL.WEIGHTS = ""
+    classifier = checkpoint["model"].get(CLASSIFIER_KEY)
+    if classifier is not None:
+        cfg.MODEL.HEADS.NUM_CLASSES = int(classifier.shape[0])
+    cfg.SPT.ENABLED = False
+    cfg.freeze()
+    return cfg
+
+
+def load_frozen_sps_model(cfg, path=None, key="SPT.SPS_WEIGHTS"):
+    """Build the SPS model, load SPT.SPS_WEIGHTS (or ``path``) strictly, freeze it (eval, no grad). Errors name the
+    config ``key`` the file came from and the file."""
+    path = cfg.SPT.SPS_WEIGHTS if path is None else path
+    checkpoint = _read_sps_file(path, key)
+    sps_cfg = sps_model_config(cfg, checkpoint)
+    model = build_model(sps_cfg)
+    try:
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except RuntimeError as e:
+        raise SPSWeightsError(
+            f"{key}: '{path}' does not match the SPS model built from the config (same MODEL.VIT.*, "
+            f"MODEL.BACKBONE.STRIDE_SIZE, INPUT.SIZE_TRAIN and MODEL.VIT.NUM_CAMERAS as Stage II are needed): "
+            f"{str(e)[:1500]}") from e
+    logger.info("Loaded the frozen SPS model from %s (%s; grid %s)", path, key, model.grid_size)
+    return freeze_model(model)
+
+
+class SPTHook(HookBase):
+    """Loads the frozen SPS model, attaches the synthesiser, logs statistics and draws pictures (SPEC §4)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.output_dir = cfg.OUTPUT_DIR
+        self.vis_period = int(cfg.SPT.VIS_PERIOD)
+        if self.vis_period < 0:
+            raise ValueError(f"SPT.VIS_PERIOD must be >= 0 (0 = a picture at the first iteration only), "
+                             f"got {self.vis_period}")
+        # Checked and loaded here, while the trainer is being built, so that a bad config fails at once with its own
+        # message (an exception in before_train would be masked by fast-reid's EvalHook.after_train).
+        meta_arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+        if not hasattr(meta_arch, "attach_spt"):
+            raise ValueError(f"SPT.ENABLED needs a ViT ReID meta-architecture with attach_spt (CLIPBaseline, DPMPP); "
+                             f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE}")
+        self.sps_model = load_frozen_sps_model(cfg)
+        self.synthesizer = None
+        self._first_step_done = False
+
+    def before_train(self):
+        model = unwrap_model(self.trainer.model)
+        sps_model = self.sps_model.to(model.device)
+        seed = int(self.cfg.get("SEED", -1))  # fast-reid 1.4.0 has no SEED key; -1 = random
+        if seed >= 0:  # a resumed run (or another rank) continues with different draws
+            seed += int(getattr(self.trainer, "start_iter", 0)) + 1000003 * comm.get_rank()
+        self.synthesizer = SPTSynthesizer.from_config(self.cfg, sps_model, model.backbone.grid_size, seed=seed)
+        model.attach_spt(self.synthesizer)
+
+    def after_step(self):
+        last = self.synthesizer.last if self.synthesizer is not None else None
+        if last is None:
+            return
+        self.trainer.storage.put_scalars(**last["stats"])
+        if comm.is_main_process() and self._picture_due():
+            self._write_picture()
+        self._first_step_done = True
+
+    def after_train(self):
+        model = unwrap_model(self.trainer.model)
+        if hasattr(model, "attach_spt"):
+            model.attach_spt(None)
+
+    def _picture_due(self):
+        if not self._first_step_done:
+            return True
+        return self.vis_period > 0 and (self.trainer.iter + 1) % self.vis_period == 0
+
+    def _write_picture(self):
+        path = picture_path(self.output_dir, self.trainer.iter)
+        try:
+            with torch.no_grad():
+                self.synthesizer.save_last_figure(path, self.cfg.MODEL.PIXEL_MEAN, self.cfg.MODEL.PIXEL_STD)
+        except Exception:  # a picture must never stop a training run
+            logger.exception("SPT: could not write the synthesis picture %s", path)
+            return
+        logger.info("SPT: synthesised samples drawn to %s", path)
