@@ -170,8 +170,12 @@ def fix_cython_self_compile():
     """``ReidEvaluator._compile_dependencies`` runs ``make`` with the ``python3`` found on PATH and calls
     ``sys.exit(1)`` if it fails. Instead: build with this interpreter into a plugin cache folder; if
     that fails, warn and let fast-reid use its Python ranking."""
+    # fast-reid warns at import that the compiled ranking is missing; it is built (or reused) below instead.
+    warnings.filterwarnings("ignore", message=r"Cython (rank|roc) evaluation", category=UserWarning)
     from fastreid.evaluation.reid_evaluation import ReidEvaluator
     ReidEvaluator._compile_dependencies = _compile_dependencies_or_fall_back
+    if os.path.isdir(_ranking_cache_dir()):
+        use_compiled_ranking(_ranking_cache_dir())
 
 
 def faiss_gpu_available():
@@ -284,9 +288,28 @@ def fix_contiguous_params_zero_grad():
     solver.build_optimizer = build_optimizer
 
 
+@_once
+def fix_metric_printer_division_by_zero():
+    """``CommonMetricPrinter.write`` estimates the ETA from the last write when no iteration time is recorded
+    yet (the first iterations, e.g. right after ``--resume``) and divides by zero when it writes twice at the
+    same iteration (end of epoch, then end of training). Forget the last write in that case."""
+    from fastreid.utils.events import CommonMetricPrinter, get_event_storage
+    original = CommonMetricPrinter.write
+
+    @functools.wraps(original)
+    def write(self):
+        if self._last_write is not None and self._last_write[0] == get_event_storage().iter:
+            self._last_write = None
+        original(self)
+
+    write.__wrapped_original__ = original
+    CommonMetricPrinter.write = write
+
+
 def apply_runtime_fixes():
     """Patches that need fast-reid's modules imported; called by ``import fastreid_dpmpp``."""
     fix_contiguous_params_zero_grad()
+    fix_metric_printer_division_by_zero()
     fix_cuda_only_dataloader()
     fix_cython_self_compile()
     fix_gpu_only_reranking()

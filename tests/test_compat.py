@@ -175,3 +175,16 @@ def test_fastreid_optimizer_actually_updates_the_model():
     assert _one_training_step(solver_build.build_optimizer) > 1e-3
     # stock fast-reid on torch >= 2: zero_grad() sets grads to None and the contiguous buffer never moves
     assert _one_training_step(solver_build.build_optimizer.__wrapped_original__) == 0.0
+
+
+def test_metric_printer_survives_two_writes_at_one_iteration():
+    from fastreid.utils.events import CommonMetricPrinter, EventStorage
+    with EventStorage(5) as storage:
+        storage.epoch = 0
+        storage.put_scalar("loss", 1.0)
+        printer = CommonMetricPrinter(max_iter=10)
+        printer.write()
+        printer.write()  # stock fast-reid: ZeroDivisionError (no "time" history yet, same iteration)
+        printer._last_write = (storage.iter, 0.0)
+        with pytest.raises(ZeroDivisionError):
+            CommonMetricPrinter.write.__wrapped_original__(printer)

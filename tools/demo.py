@@ -14,6 +14,7 @@ import sys
 import time
 
 import fastreid_dpmpp  # noqa: F401
+from fastreid.utils.logger import setup_logger
 from tabulate import tabulate
 
 from fastreid_dpmpp.data.synthetic import make_synthetic_benchmark
@@ -56,6 +57,7 @@ def main():
     parser.add_argument("--data-root", default=None, help="default: <output-dir>/datasets")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    setup_logger(name="fastreid")
     start = time.time()
     out = os.path.abspath(args.output_dir)
     root = os.path.abspath(args.data_root or os.path.join(out, "datasets"))
@@ -71,8 +73,9 @@ def main():
     dpmpp = plan_stages(DPMPP_CONFIG, os.path.join(out, "dpmpp"), opts)[-1]
 
     print("[4/4] evaluating on occluded queries (and the same queries without occluders)", flush=True)
-    rows = {"CLIP baseline": evaluate(BASELINE_CONFIG, baseline.artifact_path, opts, os.path.join(out, "eval_baseline")),
-            "DPM++": evaluate(DPMPP_CONFIG, dpmpp.artifact_path, dpmpp.opts, os.path.join(out, "eval_dpmpp"))}
+    rows = {name: evaluate(os.path.join(stage.output_dir, "config.yaml"), stage.artifact_path, [],
+                           os.path.join(out, "eval_" + key))
+            for key, name, stage in (("baseline", "CLIP baseline", baseline), ("dpmpp", "DPM++", dpmpp))}
     table = results_table(rows)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(rows, f, indent=2)

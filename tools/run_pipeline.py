@@ -7,9 +7,11 @@ Stages whose artifact exists are skipped; an interrupted stage resumes from its 
 """
 import argparse
 import os
+from collections import OrderedDict
 
 import fastreid_dpmpp  # noqa: F401
 from fastreid.evaluation.testing import print_csv_format
+from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.engine.pipeline import evaluate_checkpoint, plan_stages, run_pipeline
 
@@ -20,12 +22,14 @@ def main():
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs applied to every stage")
     args = parser.parse_args()
+    setup_logger(name="fastreid")
     timings = run_pipeline(args.config_file, args.output_dir, args.opts)
     final = plan_stages(args.config_file, args.output_dir, args.opts)[-1]
-    results = evaluate_checkpoint(final.config_file, final.artifact_path, final.opts,
+    # the config fast-reid saved for the trained model (number of classes and cameras filled in)
+    results = evaluate_checkpoint(os.path.join(final.output_dir, "config.yaml"), final.artifact_path,
                                   output_dir=os.path.join(args.output_dir, "eval"))
     for dataset, metrics in results.items():
-        print_csv_format(dict(metrics, dataset=dataset))
+        print_csv_format(OrderedDict(metrics, dataset=dataset))
     print("Stage times (s): " + ", ".join(f"{k}: {v:.0f}" for k, v in timings.items()))
 
 

@@ -6,7 +6,7 @@ Each stage runs as its own fast-reid training process (``tools/train_stage1.py``
 The artifact of one stage is passed to the next through config keys:
 
     Stage I   -> <out>/stage1/<STAGE1.OUTPUT>     -> MODEL.DPMPP.TEXT_PROTOTYPES
-    Stage II  -> <out>/stage2/<STAGE2.OUTPUT>     -> SPT.SPS_WEIGHTS
+    Stage II  -> <out>/stage2/<STAGE2.OUTPUT>     -> SPT.SPS_WEIGHTS (and SPT.ENABLED True)
     Stage III -> <out>/stage3/model_final.pth     -> evaluated with fast-reid's evaluator
 """
 import logging
@@ -58,7 +58,7 @@ def plan_stages(config_file, output_dir, opts=()):
                    list(opts))
     stage3 = Stage("III: SPT + DPM++", "train_net.py", config_file, stage3_dir, "model_final.pth",
                    list(opts) + ["MODEL.DPMPP.TEXT_PROTOTYPES", stage1.artifact_path,
-                                 "SPT.SPS_WEIGHTS", stage2.artifact_path])
+                                 "SPT.ENABLED", "True", "SPT.SPS_WEIGHTS", stage2.artifact_path])
     return [stage1, stage2, stage3]
 
 
