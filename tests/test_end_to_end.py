@@ -79,3 +79,27 @@ def test_three_stage_pipeline_runs_end_to_end_and_skips_finished_stages(data_roo
                      "DATASETS.ROOT", data_root)
     assert again.count("artifact exists, skipped") == 3
     assert metrics_row(again) == pytest.approx(metrics_row(log), abs=0.01)
+
+
+def test_stage3_refuses_text_prototypes_of_other_identities(data_root, tmp_path):
+    import torch
+
+    from fastreid_dpmpp.engine import DPMPPTrainer, load_config
+    from fastreid_dpmpp.text_prototypes import TextPrototypeMismatchError, save_text_prototypes
+
+    config = os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml")
+    cfg = load_config(config, [*TINY_MODEL, "DATASETS.ROOT", data_root, "DATALOADER.NUM_WORKERS", 0])
+    loader = DPMPPTrainer.build_train_loader(cfg)
+    identities = list(loader.dataset.pids)
+    path = str(tmp_path / "text_prototypes.pth")
+
+    save_text_prototypes(path, torch.randn(len(identities), 16), identities)
+    cfg.MODEL.DPMPP.TEXT_PROTOTYPES = path
+    DPMPPTrainer.build_train_loader(cfg)  # same identities, same order: accepted
+
+    save_text_prototypes(path, torch.randn(len(identities), 16), identities[::-1])
+    with pytest.raises(TextPrototypeMismatchError, match="another order"):
+        DPMPPTrainer.build_train_loader(cfg)
+    save_text_prototypes(path, torch.randn(len(identities) - 1, 16), identities[1:])
+    with pytest.raises(TextPrototypeMismatchError, match=f"C={len(identities) - 1}"):
+        DPMPPTrainer.build_train_loader(cfg)

@@ -14,6 +14,7 @@ from fastreid.utils.params import ContiguousParams
 
 from ..evaluation.masked_evaluator import MaskedReidEvaluator
 from ..modeling.heads.dpm_head import emits_query_masks, has_mask_generator
+from ..text_prototypes import load_text_prototypes
 from .defaults import apply_dataset_root, dataset_root
 
 logger = logging.getLogger("fastreid.dpmpp.trainer")
@@ -182,7 +183,17 @@ class DPMPPTrainer(DefaultTrainer):
         return data_loader, evaluator(cfg, num_query, output_dir)
 
     @classmethod
+    def build_train_loader(cls, cfg):
+        apply_dataset_root(cfg)
+        loader = super().build_train_loader(cfg)
+        if cfg.MODEL.DPMPP.TEXT_PROTOTYPES:
+            # Stage I's T must list the same identities, in the same label order, as this training set.
+            load_text_prototypes(cfg.MODEL.DPMPP.TEXT_PROTOTYPES, expected_identities=loader.dataset.pids)
+        return loader
+
+    @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         # fast-reid's test loader always uses 4 workers; honour DATALOADER.NUM_WORKERS (2-core machines).
+        apply_dataset_root(cfg)
         args = _test_loader_from_config(cfg, dataset_name=dataset_name)
         return build_reid_test_loader(**args, num_workers=cfg.DATALOADER.NUM_WORKERS)
