@@ -8,13 +8,8 @@
 Writes OUTPUT_DIR/STAGE1.OUTPUT (point MODEL.DPMPP.TEXT_PROTOTYPES at it for Stage III); checkpoints, metrics and the
 image-feature cache go to OUTPUT_DIR/stage1.
 """
-import sys
-
 import fastreid_dpmpp  # noqa: F401  (fixes fast-reid for this stack; registers the DPM++ components)
-import fastreid_dpmpp.data  # noqa: F401  (registers the datasets)
-from fastreid.engine import default_argument_parser, launch
-
-from fastreid_dpmpp.engine import setup
+from fastreid_dpmpp.engine.defaults import launch_from_command_line, setup
 from fastreid_dpmpp.engine.stage1 import Stage1Trainer
 
 
@@ -28,8 +23,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
-    sys.exit(0)
+    launch_from_command_line(main)

@@ -8,12 +8,8 @@
 Writes OUTPUT_DIR/STAGE2.OUTPUT (point SPT.SPS_WEIGHTS at it for Stage III); checkpoints and metrics go to
 OUTPUT_DIR/stage2. Any config may be given: META_ARCHITECTURE is set to SPSModel for this stage.
 """
-import sys
-
 import fastreid_dpmpp  # noqa: F401  (fixes fast-reid for this stack; registers the DPM++ components)
-from fastreid.engine import default_argument_parser, launch
-
-from fastreid_dpmpp.engine import setup
+from fastreid_dpmpp.engine.defaults import launch_from_command_line, setup
 from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
 from fastreid_dpmpp.engine.stage2 import Stage2Trainer, sps_checkpoint_path, stage2_config
 from fastreid_dpmpp.engine.trainer import with_camera_count
@@ -32,8 +28,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
-    sys.exit(0)
+    launch_from_command_line(main)

@@ -49,3 +49,29 @@ def setup(args):
         seed_all_rng(cfg.SEED)
     apply_dataset_root(cfg)
     return cfg
+
+
+def train_or_evaluate(args, trainer_cls=None):
+    """The body of fast-reid's ``tools/train_net.py``: train (``--resume`` continues) or ``--eval-only``."""
+    from fastreid.utils.checkpoint import Checkpointer
+
+    from .trainer import DPMPPTrainer, with_camera_count
+    trainer_cls = trainer_cls or DPMPPTrainer
+    cfg = setup(args)
+    if args.eval_only:
+        cfg = with_camera_count(cfg)
+        model = trainer_cls.build_model(cfg)
+        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        return trainer_cls.test(cfg, model)
+    trainer = trainer_cls(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def launch_from_command_line(main):
+    """Parse fast-reid's default arguments and run ``main(args)`` through fast-reid's ``launch``."""
+    from fastreid.engine import default_argument_parser, launch
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
