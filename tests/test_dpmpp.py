@@ -28,16 +28,6 @@ TINY = ["MODEL.VIT.WIDTH", str(D), "MODEL.BACKBONE.FEAT_DIM", str(D), "MODEL.VIT
         "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and OpenMP spinning makes them 10-100x slower on a
-    loaded 2-core machine; restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _setup(monkeypatch):
     torch.manual_seed(0)

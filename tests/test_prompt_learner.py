@@ -27,15 +27,6 @@ def tiny_clip(seed=0, embed_dim=24):
     return model.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: OpenMP threads only contend (much slower on a busy 2-core machine).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def clip():
     return tiny_clip()

@@ -32,15 +32,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(ROOT, "configs", "Synthetic", "Base-Tiny.yml")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: OpenMP threads only contend (much slower on a busy 2-core machine).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ----------------------------------------------------------------------------- T file
 def test_text_prototypes_round_trip(tmp_path):
     path = str(tmp_path / "T.pth")

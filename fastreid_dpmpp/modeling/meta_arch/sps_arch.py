@@ -72,15 +72,7 @@ class SPSModel(ViTReIDMetaArch):
         return self.saliency_from_outputs(self.backbone.forward_features(images, camids))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batched_inputs):
-        images = self.preprocess_image(batched_inputs)
-        camids = self.camera_ids(batched_inputs)
-        if not self.training:
-            return self.inference_outputs(self.backbone.forward_features(images, camids))
-        targets = batched_inputs["targets"].to(self.device).long()
-        return self.training_losses_sps(images, camids, targets)
-
-    def training_losses_sps(self, images, camids, targets):
+    def training_forward(self, images, camids, targets):
         """The three passes and the terms of Eq. 23, each under its own name."""
         full = self.backbone.forward_features(images, camids)
         saliency = self.saliency_from_outputs(full)

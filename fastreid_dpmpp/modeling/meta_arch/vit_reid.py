@@ -57,6 +57,10 @@ class ViTReIDMetaArch(nn.Module):
             return self.inference_outputs(self.backbone.forward_features(images, camids))
 
         targets = batched_inputs["targets"].to(self.device).long()
+        return self.training_forward(images, camids, targets)
+
+    def training_forward(self, images, camids, targets):
+        """One training pass (with SPT synthesis when attached) -> dict of named losses."""
         spt_info = None
         patch_transform = None
         if self.spt is not None:
