@@ -24,6 +24,24 @@ def atomic_torch_save(obj, path):
         raise
 
 
+def atomic_write_text(text, path):
+    """Write ``text`` to ``path`` through a temporary file and a rename (fast-reid's ``last_checkpoint`` tag: a kill
+    while it is written must not leave an empty tag, which would make ``--resume`` start from scratch)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".txt", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 class UntrustedCheckpointError(RuntimeError):
     pass
 
@@ -40,4 +58,10 @@ def trusted_torch_load(path, what="checkpoint"):
     except pickle.UnpicklingError as e:
         raise UntrustedCheckpointError(
             f"Refusing to load {what} '{path}': it holds Python objects other than tensors and plain "
-            f"data, and unpickling them could run code. Re-save it as a state dict. ({e})") from e
+            f"data, and unpickling them could run code. Re-save it as a state dict. ({_refusal_reason(e)})") from e
+
+
+def _refusal_reason(error):
+    """torch's one line naming the refused global (its full message goes on to suggest weights_only=False)."""
+    lines = str(error).splitlines() or [""]
+    return next((line.strip() for line in lines if "Unsupported global" in line), lines[0])

@@ -306,6 +306,207 @@ def fix_metric_printer_division_by_zero():
     CommonMetricPrinter.write = write
 
 
+class ImageReadError(OSError):
+    """An image of the dataset cannot be decoded (corrupt, truncated, not an image)."""
+
+
+def _read_image_naming_the_file(original, file_name, format=None):
+    try:
+        return original(file_name, format)
+    except FileNotFoundError as e:
+        raise ImageReadError(f"image file '{file_name}' does not exist (listed by the dataset, removed since?)") from e
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's decoders raise these three
+        raise ImageReadError(
+            f"cannot read image '{file_name}': {type(e).__name__}: {e}. Expected a complete JPEG/PNG/TIFF file; "
+            f"the file is corrupt or truncated: replace it or remove it from the dataset folder.") from e
+
+
+@_once
+def fix_unnamed_image_read_errors():
+    """``read_image`` lets PIL's errors through: a truncated JPEG fails with "image file is truncated (140 bytes not
+    processed)", naming no file, raised from inside a DataLoader worker. Re-raise as :class:`ImageReadError` naming
+    the file (``CommDataset.__getitem__`` calls it through ``fastreid.data.common``)."""
+    import fastreid.data.common as common
+    import fastreid.data.data_utils as data_utils
+    original = data_utils.read_image
+
+    @functools.wraps(original)
+    def read_image(file_name, format=None):
+        return _read_image_naming_the_file(original, file_name, format)
+
+    read_image.__wrapped_original__ = original
+    data_utils.read_image = read_image
+    common.read_image = read_image
+
+
+class QueryIdentitiesNotInGalleryError(ValueError, AssertionError):
+    """No query has a true match in the gallery from another camera (fast-reid asserts with a bare message).
+    An AssertionError too, so code catching fast-reid's assertion keeps working."""
+
+
+def _unmatched_queries(q_pids, g_pids, q_camids, g_camids):
+    """(ids absent from the gallery, ids whose gallery images all share the query's camera, per-query "no match"
+    flags). Counts, not a (num_query, num_gallery) matrix: this runs once per evaluation on full benchmarks."""
+    g_pids, g_camids = np.asarray(g_pids).tolist(), np.asarray(g_camids).tolist()
+    q_pids, q_camids = np.asarray(q_pids).tolist(), np.asarray(q_camids).tolist()
+    per_pid = collections.Counter(g_pids)
+    per_pid_and_camera = collections.Counter(zip(g_pids, g_camids))
+    dropped = np.array([per_pid[p] - per_pid_and_camera[(p, c)] == 0 for p, c in zip(q_pids, q_camids)], dtype=bool)
+    absent = sorted({p for p in q_pids if per_pid[p] == 0})
+    same_camera_only = sorted({p for p, d in zip(q_pids, dropped) if d and per_pid[p] > 0})
+    return absent, same_camera_only, dropped
+
+
+def _listed(ids, limit=20):
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return f"[{shown}{', ...' if len(ids) > limit else ''}] ({len(ids)} id{'' if len(ids) == 1 else 's'})"
+
+
+def check_query_identities_in_gallery(q_pids, g_pids, q_camids, g_camids):
+    """Warn naming the query identities that cannot be matched (no gallery image, or only from the query's own
+    camera: fast-reid drops those queries from CMC / mAP); raise QueryIdentitiesNotInGalleryError if none can."""
+    absent, same_camera_only, dropped = _unmatched_queries(q_pids, g_pids, q_camids, g_camids)
+    if not dropped.any():
+        return
+    detail = []
+    if absent:
+        detail.append(f"query identities absent from the gallery: {_listed(absent)}")
+    if same_camera_only:
+        detail.append(f"query identities seen by the gallery only from the query's own camera (removed by the "
+                      f"same-camera filter): {_listed(same_camera_only)}")
+    detail = "; ".join(detail)
+    if dropped.all():
+        raise QueryIdentitiesNotInGalleryError(
+            f"Evaluation impossible: none of the {len(dropped)} query images has a true match in the gallery from "
+            f"another camera. {detail}. Expected every query identity to appear in the gallery (check the "
+            f"dataset's query/ and gallery folders and the camera ids in the file names).")
+    logger.warning("%d of %d query images have no true match in the gallery and are left out of CMC / mAP: %s",
+                   int(dropped.sum()), len(dropped), detail)
+
+
+@_once
+def fix_query_identities_not_in_gallery():
+    """``evaluate_rank`` fails with a bare "Error: all query identities do not appear in gallery" assertion when no
+    query can be matched, and silently drops queries with no match otherwise. Name the identities: a clear error in
+    the first case, a warning in the second."""
+    import fastreid.evaluation.rank as rank
+    original = rank.evaluate_rank
+
+    @functools.wraps(original)
+    def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, *args, **kwargs):
+        check_query_identities_in_gallery(q_pids, g_pids, q_camids, g_camids)
+        return original(distmat, q_pids, g_pids, q_camids, g_camids, *args, **kwargs)
+
+    evaluate_rank.__wrapped_original__ = original
+    rank.evaluate_rank = evaluate_rank
+
+
+@_once
+def fix_non_atomic_last_checkpoint_tag():
+    """``Checkpointer.tag_last_checkpoint`` rewrites ``last_checkpoint`` in place: a kill at that moment leaves it
+    empty or cut, and ``--resume`` then loads nothing (or a wrong name). Write it atomically (temp file + rename)."""
+    from fastreid.utils.checkpoint import Checkpointer
+    from fastreid_dpmpp.checkpoint import atomic_write_text
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+
+    Checkpointer.tag_last_checkpoint = tag_last_checkpoint
+
+
+def distributed_backend():
+    """fast-reid's backend (NCCL) where CUDA is available, gloo on CPU-only machines."""
+    return "NCCL" if torch.cuda.is_available() else "gloo"
+
+
+def _distributed_worker_any_backend(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url,
+                                    args):
+    """fast-reid's ``_distributed_worker`` (fastreid/engine/launch.py) with the backend chosen by
+    :func:`distributed_backend`; CUDA devices are checked and selected only with NCCL. On CPU each process gets an
+    equal share of the cores (N processes x all cores would oversubscribe them)."""
+    import torch.distributed as dist
+    from fastreid.utils import comm
+    backend = distributed_backend()
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    try:
+        dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=global_rank)
+    except Exception:
+        logger.error("Process group URL: %s (backend %s)", dist_url, backend)
+        raise
+    comm.synchronize()
+    if backend == "NCCL":
+        if num_gpus_per_machine > torch.cuda.device_count():
+            raise ValueError(f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} CUDA devices "
+                             f"are visible")
+        torch.cuda.set_device(local_rank)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
+    assert comm._LOCAL_PROCESS_GROUP is None
+    for machine in range(world_size // num_gpus_per_machine):
+        group = dist.new_group(list(range(machine * num_gpus_per_machine, (machine + 1) * num_gpus_per_machine)))
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    main_func(*args)
+
+
+@_once
+def fix_nccl_only_launch():
+    """``launch`` spawns workers that assert CUDA and hard-code the NCCL backend: ``--num-gpus N`` cannot run on
+    CPU. Swap the worker for :func:`_distributed_worker_any_backend` (gloo on CPU, NCCL on GPU, as before). The
+    worker is defined here, so spawned processes unpickle it by importing this plugin (which applies the fixes)."""
+    import fastreid.engine  # noqa: F401
+    # the module, not ``fastreid.engine.launch``: that attribute is the ``launch`` function (star import)
+    sys.modules["fastreid.engine.launch"]._distributed_worker = _distributed_worker_any_backend
+
+
+def _cpu_aware_ddp_class():
+    from torch.nn.parallel import DistributedDataParallel
+
+    class CPUAwareDistributedDataParallel(DistributedDataParallel):
+        """DDP that drops ``device_ids`` for a module on CPU (torch refuses device ids for CPU modules)."""
+
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            on_cpu = all(p.device.type == "cpu" for p in module.parameters())
+            super().__init__(module, None if on_cpu else device_ids, *args, **kwargs)
+
+    return CPUAwareDistributedDataParallel
+
+
+@_once
+def fix_cpu_ddp_device_ids():
+    """``DefaultTrainer`` wraps the model in ``DistributedDataParallel(model, device_ids=[local_rank])``, which
+    torch refuses for a CPU model. Use a DDP subclass that passes ``device_ids=None`` on CPU (unchanged on GPU)."""
+    import fastreid.engine.defaults as engine_defaults
+    engine_defaults.DistributedDataParallel = _cpu_aware_ddp_class()
+
+
+@_once
+def fix_eval_after_failed_training():
+    """``EvalHook.after_train`` evaluates when the last epoch is not an evaluation epoch; its guard against "a failed
+    training" misses a failure *in* the last epoch, so after a crash there (e.g. a NaN loss) it runs a whole test-set
+    evaluation, and an error in it replaces the original one. Skip the final evaluation while an exception raised
+    during training is propagating (``TrainerBase.train`` calls ``after_train`` from ``finally``)."""
+    from fastreid.engine.hooks import EvalHook
+    original_before, original_after = EvalHook.before_train, EvalHook.after_train
+
+    @functools.wraps(original_before)
+    def before_train(self):
+        self._exception_before_train = sys.exc_info()[1]  # train() may itself be called from an except block
+        original_before(self)
+
+    @functools.wraps(original_after)
+    def after_train(self):
+        failure = sys.exc_info()[1]
+        if failure is not None and failure is not getattr(self, "_exception_before_train", None):
+            logger.warning("Training failed (%s): skipping the final evaluation.", type(failure).__name__)
+            del self._func  # what the original does after evaluating
+            return
+        original_after(self)
+
+    after_train.__wrapped_original__ = original_after
+    EvalHook.before_train, EvalHook.after_train = before_train, after_train
+
+
 def apply_runtime_fixes():
     """Patches that need fast-reid's modules imported; called by ``import fastreid_dpmpp``."""
     fix_contiguous_params_zero_grad()
@@ -314,3 +515,10 @@ def apply_runtime_fixes():
     fix_cython_self_compile()
     fix_gpu_only_reranking()
     fix_best_checkpoint_reload()
+    fix_non_atomic_last_checkpoint_tag()
+    fix_nccl_only_launch()
+    fix_cpu_ddp_device_ids()
+    fix_unnamed_image_read_errors()
+    fix_query_identities_not_in_gallery()
+    fix_eval_after_failed_training()
+

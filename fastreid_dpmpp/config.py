@@ -17,6 +17,8 @@ def add_dpmpp_config(cfg):
         _C.SEED = -1
     # Dataset root; "" = fast-reid's FASTREID_DATASETS environment variable (default "datasets").
     _C.DATASETS.ROOT = ""
+    # Image files whose names do not follow the layout: False = stop with an error naming them, True = skip + warn.
+    _C.DATASETS.SKIP_BAD_FILES = False
 
     # ---------------------------------------------------------------- backbone (SPEC §1)
     # fast-reid keys reused: MODEL.BACKBONE.{STRIDE_SIZE (s), SIE_COE (λ_sie), DROP_PATH_RATIO, FEAT_DIM (D)}.

@@ -106,3 +106,76 @@ def test_bad_inputs_are_rejected():
         masked_similarity(query, gallery, torch.rand(3, 6))
     with pytest.raises(ValueError, match="BLOCK_SIZE"):
         blocked_masked_distance(query, gallery, torch.rand(2, 6), block_size=0)
+
+
+# ---------------------------------------------------------------- large galleries: blocks and FAISS candidates
+from fastreid_dpmpp.evaluation.masked_matching import (  # noqa: E402
+    build_gallery_index,
+    masked_search,
+    masked_topk,
+)
+
+
+def _naive_topk(query, gallery, masks, k, masked_dims=None):
+    sim = _naive_similarity(query, gallery, masks, masked_dims)
+    scores, indices = sim.sort(dim=1, descending=True)
+    return scores[:, :k], indices[:, :k]
+
+
+def test_blocked_distance_equals_exhaustive_for_any_block_sizes():
+    query, gallery, masks = torch.randn(7, 6), torch.randn(11, 6), torch.rand(7, 4)
+    exhaustive = masked_distance(query, gallery, masks, masked_dims=4).numpy()
+    for block, query_block in ((1, 1), (3, 2), (4, None), (100, 100)):
+        got = blocked_masked_distance(query, gallery, masks, masked_dims=4, block_size=block,
+                                      query_block_size=query_block)
+        assert np.allclose(got, exhaustive, atol=1e-6), (block, query_block)
+    with pytest.raises(ValueError, match="query_block_size"):
+        blocked_masked_distance(query, gallery, masks, masked_dims=4, query_block_size=0)
+
+
+def test_streaming_topk_equals_naive_ranking():
+    query, gallery, masks = torch.randn(5, 6), torch.randn(13, 6), torch.rand(5, 6)
+    expected_scores, expected_indices = _naive_topk(query, gallery, masks, 4)
+    for block in (1, 3, 13, 50):
+        scores, indices = masked_topk(query, gallery, masks, 4, block_size=block)
+        assert torch.equal(indices, expected_indices), block
+        assert torch.allclose(scores.double(), expected_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("candidate_query", ["masked", "plain"])
+def test_candidate_search_with_the_whole_gallery_equals_exhaustive(candidate_query):
+    query, gallery, masks = torch.randn(9, 8), torch.randn(40, 8) * 2, torch.rand(9, 5)
+    expected_scores, expected_indices = _naive_topk(query, gallery, masks, 6, masked_dims=5)
+    scores, indices = masked_search(query, masks, gallery, k=6, candidates=40, masked_dims=5,
+                                    candidate_query=candidate_query, query_block_size=4)
+    assert np.array_equal(indices, expected_indices.numpy())
+    assert np.allclose(scores, expected_scores.numpy(), atol=1e-5)
+    # a prebuilt index with the vectors reconstructed from it (flat and IVF-flat are exact)
+    for index_type in ("flat", "ivf"):
+        index = build_gallery_index(gallery, index_type=index_type, nlist=2)
+        if index_type == "ivf":
+            index.nprobe = 2  # all lists: IVF-flat then returns every row
+        scores, indices = masked_search(query, masks, index, k=6, candidates=40, masked_dims=5)
+        assert np.array_equal(indices, expected_indices.numpy()), index_type
+
+
+def test_candidate_search_rescores_exactly_what_faiss_returns():
+    # K < G: every returned score is the exact masked similarity of the returned row, in descending order,
+    # and a unit mask with the plain candidate query finds the true top-k (the index ranks by plain cosine).
+    query, gallery, masks = torch.randn(6, 8), torch.randn(50, 8), torch.rand(6, 8)
+    scores, indices = masked_search(query, masks, gallery, k=3, candidates=10)
+    exact = masked_similarity(query, gallery, masks).numpy()
+    assert np.allclose(scores, np.take_along_axis(exact, indices, axis=1), atol=1e-6)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    ones = torch.ones(6, 8)
+    _, plain_indices = masked_search(query, ones, gallery, k=3, candidates=3, candidate_query="plain")
+    assert np.array_equal(plain_indices, _naive_topk(query, gallery, ones, 3)[1].numpy())
+
+
+def test_masked_search_rejects_mismatched_index():
+    gallery = torch.randn(10, 4)
+    index = build_gallery_index(torch.randn(12, 4))
+    with pytest.raises(ValueError, match="index holds 12"):
+        masked_search(torch.randn(2, 4), torch.rand(2, 4), index, k=2, gallery_features=gallery)
+    with pytest.raises(ValueError, match="index_type"):
+        build_gallery_index(gallery, index_type="hnsw")

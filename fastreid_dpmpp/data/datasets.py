@@ -10,7 +10,9 @@
 
 fast-reid calls each class as ``cls(root=..., **kwargs)``. As in fast-reid's own Market1501, training
 pids and camids are prefixed with ``dataset_name + "_"``; test pids and camids stay integers.
-Layout problems raise a :class:`DatasetLayoutError` that names the path and the expected layout.
+Layout problems raise a :class:`DatasetLayoutError` that names the path and the expected layout. With
+``DATASETS.SKIP_BAD_FILES True`` (or ``skip_bad_files=True``) image files whose names do not follow the layout are
+skipped with a warning naming them instead.
 """
 import logging
 import os
@@ -23,10 +25,22 @@ logger = logging.getLogger("fastreid.dpmpp.data.datasets")
 
 __all__ = [
     "DatasetLayoutError", "DatasetNotFoundError", "FileNamePatternError", "EmptySplitError",
-    "OccludedDuke", "OccludedDukeHolisticQuery", "OccludedREID",
+    "OccludedDuke", "OccludedDukeHolisticQuery", "OccludedREID", "set_skip_bad_files",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+SKIP_BAD_FILES_KEY = "DATASETS.SKIP_BAD_FILES"
+_MAX_LISTED = 20
+
+# fast-reid builds datasets as cls(root=..., **kwargs) without the config: the trainers set this from
+# DATASETS.SKIP_BAD_FILES (engine/defaults.py apply_dataset_root), as fast-reid sets its dataset root.
+_skip_bad_files = False
+
+
+def set_skip_bad_files(flag):
+    """Default for the dataset classes' ``skip_bad_files`` (DATASETS.SKIP_BAD_FILES)."""
+    global _skip_bad_files
+    _skip_bad_files = bool(flag)
 
 
 class DatasetLayoutError(RuntimeError):
@@ -73,6 +87,23 @@ def locate_dataset_dir(dataset, root, candidates, required, expected_tree):
     return found
 
 
+def reject_or_skip_bad_files(dataset, dir_path, problems, skip):
+    """``problems``: one line per file that does not follow the layout, each naming the file. Raise
+    FileNamePatternError naming the first ones, or, when ``skip``, log a warning naming them all."""
+    if not problems:
+        return
+    listed = "\n".join(f"  {p}" for p in problems[:_MAX_LISTED])
+    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    if skip:
+        logger.warning("%s: skipping %d file(s) of %s that do not follow the layout (%s True):\n%s%s",
+                       dataset, len(problems), dir_path, SKIP_BAD_FILES_KEY, listed, more)
+        return
+    raise FileNamePatternError(
+        f"{dataset}: file {problems[0]}" + (f"\n{len(problems) - 1} more file(s) in {dir_path} do not follow "
+                                            f"the layout either:\n{listed}{more}" if len(problems) > 1 else "")
+        + f"\nRename or remove such files, or set {SKIP_BAD_FILES_KEY} True to skip them with a warning.")
+
+
 # ----------------------------------------------------------------------------- Occluded-Duke
 _DUKE_TREE = """<root>/
   Occluded_Duke/                 (or <root>/dukemtmcreid/Occluded_Duke/)
@@ -93,8 +124,9 @@ class OccludedDuke(ImageDataset):
     num_cameras = 8
     expected_tree = _DUKE_TREE
 
-    def __init__(self, root="datasets", **kwargs):
+    def __init__(self, root="datasets", skip_bad_files=None, **kwargs):
         self.root = root
+        self.skip_bad_files = _skip_bad_files if skip_bad_files is None else bool(skip_bad_files)
         splits = ("bounding_box_train", self.query_subdir, "bounding_box_test")
         self.dataset_dir = locate_dataset_dir(type(self).__name__, root, self.candidate_dirs, splits,
                                               self.expected_tree)
@@ -106,25 +138,26 @@ class OccludedDuke(ImageDataset):
 
     def process_dir(self, dir_path, is_train=True):
         """(path, pid, camid) for every ``*.jpg`` of ``dir_path``; pid -1 (junk) is skipped."""
-        data = []
+        data, problems = [], []
         files = [f for f in _listing(dir_path) if f.lower().endswith(".jpg")]
         for name in files:
             match = self.pattern.match(name)
             if match is None:
-                raise FileNamePatternError(
-                    f"{type(self).__name__}: file {os.path.join(dir_path, name)} does not match the naming "
-                    f"pattern '{self.pattern.pattern}' (<pid>_c<cam>_f<frame>.jpg, e.g. 0005_c2_f0046985.jpg).")
+                problems.append(f"{os.path.join(dir_path, name)} does not match the naming pattern "
+                                f"'{self.pattern.pattern}' (<pid>_c<cam>_f<frame>.jpg, e.g. 0005_c2_f0046985.jpg).")
+                continue
             pid, camid = map(int, match.groups())
             if not 1 <= camid <= self.num_cameras:
-                raise FileNamePatternError(
-                    f"{type(self).__name__}: file {os.path.join(dir_path, name)} has camera c{camid}; "
-                    f"expected c1..c{self.num_cameras} (pattern '{self.pattern.pattern}').")
+                problems.append(f"{os.path.join(dir_path, name)} has camera c{camid}; expected "
+                                f"c1..c{self.num_cameras} (pattern '{self.pattern.pattern}').")
+                continue
             if pid == -1:
                 continue
             camid -= 1
             if is_train:
                 pid, camid = f"{self.dataset_name}_{pid}", f"{self.dataset_name}_{camid}"
             data.append((os.path.join(dir_path, name), pid, camid))
+        reject_or_skip_bad_files(type(self).__name__, dir_path, problems, self.skip_bad_files)
         if not data:
             raise EmptySplitError(f"{type(self).__name__}: split folder {dir_path} holds no <pid>_c<cam>_*.jpg "
                                   f"image ({len(_listing(dir_path))} other entries).\nExpected layout:\n"
@@ -165,8 +198,9 @@ class OccludedREID(ImageDataset):
     pattern = re.compile(r"(\d+)_(\d+)\.(tif|tiff|jpg|jpeg|png)", re.IGNORECASE)
     expected_tree = _OREID_TREE
 
-    def __init__(self, root="datasets", **kwargs):
+    def __init__(self, root="datasets", skip_bad_files=None, **kwargs):
         self.root = root
+        self.skip_bad_files = _skip_bad_files if skip_bad_files is None else bool(skip_bad_files)
         splits = (self.query_subdir, self.gallery_subdir)
         self.dataset_dir = locate_dataset_dir(type(self).__name__, root, self.candidate_dirs, splits,
                                               self.expected_tree)
@@ -177,25 +211,25 @@ class OccludedREID(ImageDataset):
 
     def process_dir(self, dir_path, camid):
         """(path, pid, camid) for every ``<pid>/<pid>_<nn>.<ext>`` image under ``dir_path``."""
-        data = []
+        data, problems = [], []
         for pid_dir in _listing(dir_path):
             folder = os.path.join(dir_path, pid_dir)
             if not os.path.isdir(folder):
                 if pid_dir.lower().endswith(IMAGE_EXTENSIONS):
-                    raise FileNamePatternError(
-                        f"{type(self).__name__}: image {folder} lies directly in {dir_path}; expected one "
-                        f"folder per identity: <pid>/<pid>_<nn>.tif (pattern '{self.pattern.pattern}').")
+                    problems.append(f"{folder} lies directly in {dir_path}; expected one folder per identity: "
+                                    f"<pid>/<pid>_<nn>.tif (pattern '{self.pattern.pattern}').")
                 continue
             for name in _listing(folder):
                 if not name.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 match = self.pattern.fullmatch(name)
                 if match is None or not pid_dir.isdigit() or int(match.group(1)) != int(pid_dir):
-                    raise FileNamePatternError(
-                        f"{type(self).__name__}: file {os.path.join(folder, name)} does not match the naming "
-                        f"pattern '{self.pattern.pattern}' inside its identity folder "
-                        f"(<pid>/<pid>_<nn>.tif, e.g. 001/001_01.tif).")
+                    problems.append(f"{os.path.join(folder, name)} does not match the naming pattern "
+                                    f"'{self.pattern.pattern}' inside its identity folder "
+                                    f"(<pid>/<pid>_<nn>.tif, e.g. 001/001_01.tif).")
+                    continue
                 data.append((os.path.join(folder, name), int(pid_dir), camid))
+        reject_or_skip_bad_files(type(self).__name__, dir_path, problems, self.skip_bad_files)
         if not data:
             raise EmptySplitError(f"{type(self).__name__}: split folder {dir_path} holds no <pid>/<pid>_<nn> "
                                   f"image.\nExpected layout:\n{self.expected_tree}")

@@ -1,6 +1,8 @@
 """Config set-up shared by tools/train_net.py, the stage runners and the pipeline."""
+import difflib
 import logging
 import os
+import re
 
 import torch
 from fastreid.config import get_cfg
@@ -17,9 +19,13 @@ def dataset_root(cfg):
 
 
 def apply_dataset_root(cfg):
-    """fast-reid reads FASTREID_DATASETS once, at import; DATASETS.ROOT overrides it at run time."""
+    """fast-reid reads FASTREID_DATASETS once, at import; DATASETS.ROOT overrides it at run time. The dataset
+    classes get DATASETS.SKIP_BAD_FILES the same way (fast-reid does not pass them the config)."""
     import fastreid.data.build as data_build
+
+    from ..data.datasets import set_skip_bad_files
     data_build._root = dataset_root(cfg)
+    set_skip_bad_files(cfg.DATASETS.get("SKIP_BAD_FILES", False))
 
 
 def adapt_to_device(cfg):
@@ -31,12 +37,68 @@ def adapt_to_device(cfg):
     return cfg
 
 
+class UnknownConfigKeyError(KeyError):
+    """A config file or command-line option names a key that fast-reid + DPM++ do not define."""
+
+    def __str__(self):  # KeyError would print the message quoted, on one line
+        return str(self.args[0])
+
+
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+def all_config_keys(cfg, prefix=""):
+    """Every leaf key of ``cfg`` in dotted form (``SOLVER.BASE_LR``)."""
+    keys = []
+    for name, value in cfg.items():
+        full = prefix + name
+        keys.extend(all_config_keys(value, full + ".") if isinstance(value, dict) else [full])
+    return keys
+
+
+def closest_config_keys(key, cfg, n=3):
+    """Valid keys nearest to a mistyped ``key`` (difflib), else the valid keys of its parent node."""
+    valid = all_config_keys(cfg)
+    close = difflib.get_close_matches(key, valid, n=n, cutoff=0.6)
+    if close:
+        return close
+    parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    return [k for k in valid if k.startswith(parent) and k.count(".") == key.count(".")][:10]
+
+
+def unknown_key_error(cfg, error, source):
+    """UnknownConfigKeyError naming the key, where it came from and the closest valid keys, or None when ``error``
+    is not yacs' unknown-key error."""
+    match = _UNKNOWN_KEY.search(str(error.args[0]) if error.args else "")
+    if match is None:
+        return None
+    key = match.group(1)
+    suggestions = closest_config_keys(key, cfg)
+    hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+    return UnknownConfigKeyError(f"Unknown config key '{key}' {source}.{hint} (valid keys: fast-reid's "
+                                 f"fastreid/config/defaults.py and DPM++'s fastreid_dpmpp/config.py)")
+
+
 def load_config(config_file, opts=()):
+    """fast-reid's default config + the DPM++ keys, merged with ``config_file`` then ``opts``. A mistyped key stops
+    with UnknownConfigKeyError naming it and the closest valid keys."""
     cfg = get_cfg()
     add_dpmpp_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, AssertionError) as e:
+            error = unknown_key_error(cfg, e, f"in config file {config_file} (or a _BASE_ file it inherits)")
+            if error is None:
+                raise
+            raise error from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as e:
+        error = unknown_key_error(cfg, e, "on the command line")
+        if error is None:
+            raise
+        raise error from e
     return adapt_to_device(cfg)
 
 
@@ -73,5 +135,8 @@ def launch_from_command_line(main):
     from fastreid.engine import default_argument_parser, launch
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except UnknownConfigKeyError as e:
+        raise SystemExit(f"error: {e}") from None  # the message says it all; no traceback

@@ -241,7 +241,12 @@ class Stage1Trainer(TrainerBase):
         if not logging.getLogger("fastreid").isEnabledFor(logging.INFO):
             setup_logger()
         if comm.get_world_size() > 1:
-            raise RuntimeError("Stage I prompt learning runs in a single process (use --num-gpus 1)")
+            # Kept single-process on purpose: only the prompt context trains, on cached features (minutes on one
+            # device), and a rank-0-only run would deadlock in fast-reid's per-step metric gather.
+            raise RuntimeError(
+                f"Stage I prompt learning runs in a single process, got world size {comm.get_world_size()}: run "
+                "tools/train_stage1.py without --num-gpus (or --num-gpus 1); it trains the prompt context alone on "
+                "cached image features. Stages II and III (train_stage2.py, train_net.py) run with --num-gpus N.")
         self.output_dir = stage1_dir(cfg)
         os.makedirs(self.output_dir, exist_ok=True)
 

@@ -13,9 +13,12 @@ from fastreid.solver.build import get_default_optimizer_params
 from fastreid.utils.params import ContiguousParams
 
 from ..evaluation.masked_evaluator import MaskedReidEvaluator
+from ..evaluation.rerank import RerankReidEvaluator, uses_rerank_evaluator
 from ..modeling.heads.dpm_head import emits_query_masks, has_mask_generator
 from ..text_prototypes import load_text_prototypes
 from .defaults import apply_dataset_root, dataset_root
+from .nan_guard import with_non_finite_guard
+from .resume import EpochSeedHook
 
 logger = logging.getLogger("fastreid.dpmpp.trainer")
 
@@ -162,7 +165,11 @@ class DPMPPTrainer(DefaultTrainer):
             from .spt_hook import SPTHook
             writers = [i for i, hook in enumerate(ret) if isinstance(hook, PeriodicWriter)]
             ret.insert(writers[0] if writers else len(ret), SPTHook(self.cfg))
-        return ret
+        if self.cfg.SEED >= 0:
+            # first, so that every epoch starts from (SEED, epoch): --resume then continues exactly (engine/resume.py)
+            ret.insert(0, EpochSeedHook(self.cfg.SEED, deterministic_cpu=str(self.cfg.MODEL.DEVICE) == "cpu"))
+        # a NaN / inf loss stops with the terms named; weights are checked before they are evaluated or saved
+        return with_non_finite_guard(ret)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -177,9 +184,13 @@ class DPMPPTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
         """Masked matching (SPEC §6) for models that return cat([descriptor, mask]) (see
-        ``emits_query_masks``); fast-reid's stock ReidEvaluator, unchanged, otherwise."""
+        ``emits_query_masks``); fast-reid's stock ReidEvaluator, unchanged, otherwise — or its RerankReidEvaluator
+        subclass when TEST.RERANK asks for the "kreciprocal" method or a BLOCK_SIZE."""
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
-        evaluator = MaskedReidEvaluator if emits_query_masks(cfg) else ReidEvaluator
+        if emits_query_masks(cfg):
+            evaluator = MaskedReidEvaluator
+        else:
+            evaluator = RerankReidEvaluator if uses_rerank_evaluator(cfg) else ReidEvaluator
         return data_loader, evaluator(cfg, num_query, output_dir)
 
     @classmethod

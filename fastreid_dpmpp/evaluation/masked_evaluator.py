@@ -104,9 +104,9 @@ class MaskedReidEvaluator(ReidEvaluator):
                                        block_size=self.block_size)
         if test.RERANK.ENABLED:
             logger.info("Test with rerank setting")
-            jaccard = build_dist(F.normalize(query, dim=1), F.normalize(gallery, dim=1), metric="jaccard",
-                                 k1=test.RERANK.K1, k2=test.RERANK.K2)
-            dist = jaccard * (1 - test.RERANK.LAMBDA) + dist * test.RERANK.LAMBDA
+            # TEST.RERANK.METHOD / BLOCK_SIZE pick the Jaccard formulation and its blocked sparse form (rerank.py)
+            from .rerank import reranked_distance
+            dist = reranked_distance(F.normalize(query, dim=1), F.normalize(gallery, dim=1), dist, test.RERANK)
         return dist
 
     def evaluate(self):
