@@ -114,4 +114,8 @@ def add_dpmpp_config(cfg):
     _C.TEST.MASKED_MATCHING.ENABLED = True  # dynamic masked matching with the query's mask
     _C.TEST.MASKED_MATCHING.DISTANCE = "cosine"  # 1 - sim ("cosine") or arccos(sim) ("angular")
     _C.TEST.MASKED_MATCHING.BLOCK_SIZE = 4096    # gallery rows per block
+    # Re-ranking (fast-reid's TEST.RERANK.{ENABLED,K1,K2,LAMBDA} plus): "jaccard" = fast-reid's formulation,
+    # "kreciprocal" = Zhong et al. CVPR 2017; BLOCK_SIZE 0 = fast-reid's dense path (jaccard) / 1024 (kreciprocal).
+    _C.TEST.RERANK.METHOD = "jaccard"
+    _C.TEST.RERANK.BLOCK_SIZE = 0
     return cfg

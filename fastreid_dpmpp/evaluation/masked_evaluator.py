@@ -25,7 +25,6 @@ from sklearn import metrics
 from fastreid.evaluation.query_expansion import aqe
 from fastreid.evaluation.reid_evaluation import ReidEvaluator
 from fastreid.utils import comm
-from fastreid.utils.compute_dist import build_dist
 
 from .masked_matching import DISTANCES, blocked_masked_distance
 
