@@ -6,15 +6,15 @@ import tempfile
 import torch
 
 
-def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves a
-    half-written file under ``path``."""
+def _atomic_write(path, mode, suffix, write):
+    """``write(file)`` into a temporary file in ``path``'s folder, fsync, then rename over ``path``: a kill never
+    leaves a half-written file under ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -22,24 +22,17 @@ def atomic_torch_save(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` through a temporary file and a rename."""
+    _atomic_write(path, "wb", ".pth", lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text, path):
-    """Write ``text`` to ``path`` through a temporary file and a rename (fast-reid's ``last_checkpoint`` tag: a kill
-    while it is written must not leave an empty tag, which would make ``--resume`` start from scratch)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".txt", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``text`` through a temporary file and a rename (fast-reid's ``last_checkpoint`` tag: a kill while it is
+    written must not leave an empty tag, which would make ``--resume`` start from scratch)."""
+    _atomic_write(path, "w", ".txt", lambda f: f.write(text))
 
 
 class UntrustedCheckpointError(RuntimeError):
