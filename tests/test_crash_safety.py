@@ -10,7 +10,6 @@ import torch
 
 import fastreid_dpmpp  # noqa: F401
 from fastreid_dpmpp.checkpoint import atomic_torch_save, atomic_write_text
-from fastreid_dpmpp.data.synthetic import make_synthetic_benchmark
 
 from test_end_to_end import REPO, TINY_MODEL, metrics_row
 
@@ -31,14 +30,6 @@ def run_step_or_die(self):
 DPMPPTrainer.run_step = run_step_or_die
 launch_from_command_line(train_or_evaluate)
 """
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    make_synthetic_benchmark(str(root), seed=0, layout="occluded_duke", image_size=(64, 32), num_train_ids=8,
-                             images_per_train_id=4, num_test_ids=6, gallery_images_per_id=3, num_distractor_ids=4)
-    return str(root)
 
 
 def train(out, data_root, *extra, kill_at=None):

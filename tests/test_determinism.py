@@ -2,20 +2,9 @@
 double the test time; tests/test_crash_safety.py shows that the seed drives the batches.)"""
 import os
 
-import pytest
 import torch
 
-from fastreid_dpmpp.data.synthetic import make_synthetic_benchmark
-
 from test_end_to_end import REPO, TINY_MODEL, metrics_row, run_tool
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    make_synthetic_benchmark(str(root), seed=0, layout="occluded_duke", image_size=(64, 32), num_train_ids=8,
-                             images_per_train_id=4, num_test_ids=6, gallery_images_per_id=3, num_distractor_ids=4)
-    return str(root)
 
 
 def train(out, data_root, seed):

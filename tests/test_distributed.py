@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import fastreid_dpmpp  # noqa: F401
-from fastreid_dpmpp.data.synthetic import make_synthetic_benchmark
 
 from test_end_to_end import REPO, TINY_MODEL, metrics_row, run_tool
 
@@ -45,14 +44,6 @@ def test_default_trainer_ddp_accepts_a_cpu_model(tmp_path):
         assert wrapped(torch.ones(4, 3)).shape == (4, 2)
     finally:
         dist.destroy_process_group()
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    make_synthetic_benchmark(str(root), seed=0, layout="occluded_duke", image_size=(64, 32), num_train_ids=8,
-                             images_per_train_id=4, num_test_ids=6, gallery_images_per_id=3, num_distractor_ids=4)
-    return str(root)
 
 
 def test_two_process_training_and_evaluation_match_one_process(data_root, tmp_path):

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from fastreid_dpmpp.data.synthetic import make_synthetic_benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE_ROW = re.compile(r"^\| OccludedDuke\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)", re.M)
@@ -19,14 +18,6 @@ TINY_MODEL = ["MODEL.VIT.WIDTH", 32, "MODEL.BACKBONE.FEAT_DIM", 32, "MODEL.VIT.L
               "SOLVER.MAX_EPOCH", 2, "SOLVER.STEPS", "[1]", "SOLVER.WARMUP_ITERS", 0, "SOLVER.CHECKPOINT_PERIOD", 1,
               "TEST.EVAL_PERIOD", 2, "TEST.IMS_PER_BATCH", 32, "STAGE1.MAX_EPOCH", 2, "STAGE1.WARMUP_EPOCHS", 1,
               "SEED", 0]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    make_synthetic_benchmark(str(root), seed=0, layout="occluded_duke", image_size=(64, 32), num_train_ids=8,
-                             images_per_train_id=4, num_test_ids=6, gallery_images_per_id=3, num_distractor_ids=4)
-    return str(root)
 
 
 def run_tool(script, *args):
