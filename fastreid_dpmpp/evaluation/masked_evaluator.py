@@ -28,7 +28,7 @@ from fastreid.utils import comm
 
 from .masked_matching import DISTANCES, blocked_masked_distance
 
-__all__ = ["MaskedReidEvaluator", "pack_descriptor_and_mask", "unpack_descriptor_and_mask"]
+__all__ = ["DistanceReidEvaluator", "MaskedReidEvaluator", "pack_descriptor_and_mask", "unpack_descriptor_and_mask"]
 
 logger = logging.getLogger("fastreid.dpmpp.masked_evaluator")
 
@@ -58,7 +58,51 @@ def unpack_descriptor_and_mask(features):
     return features.chunk(2, dim=1)
 
 
-class MaskedReidEvaluator(ReidEvaluator):
+class DistanceReidEvaluator(ReidEvaluator):
+    """fast-reid's ``ReidEvaluator`` whose distance matrix comes from ``query_gallery_distance(query, gallery)``
+    (subclasses define it): gathering and metrics are the parent's."""
+
+    def _gathered_predictions(self):
+        """The parent's gathering: None on the non-main processes of a multi-process run."""
+        if comm.get_world_size() > 1:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
+            return predictions if comm.is_main_process() else None
+        return self._predictions
+
+    def evaluate(self):
+        predictions = self._gathered_predictions()
+        if predictions is None:
+            return {}
+        features = torch.cat([p["feats"] for p in predictions], dim=0)
+        pids = torch.cat([p["pids"] for p in predictions], dim=0).numpy()
+        camids = torch.cat([p["camids"] for p in predictions], dim=0).numpy()
+        nq = self._num_query
+        dist = self.query_gallery_distance(features[:nq], features[nq:])
+        self._results = self._ranking_results(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
+        return copy.deepcopy(self._results)
+
+    def _ranking_results(self, dist, query_pids, gallery_pids, query_camids, gallery_camids):
+        """The parent's metrics on a given distance matrix (fast-reid's evaluate_rank / evaluate_roc)."""
+        from fastreid.evaluation.rank import evaluate_rank
+        results = OrderedDict()
+        cmc, all_ap, all_inp = evaluate_rank(dist, query_pids, gallery_pids, query_camids, gallery_camids)
+        mean_ap, mean_inp = np.mean(all_ap), np.mean(all_inp)
+        for rank in (1, 5, 10):
+            results[f"Rank-{rank}"] = cmc[rank - 1] * 100
+        results["mAP"] = mean_ap * 100
+        results["mINP"] = mean_inp * 100
+        results["metric"] = (mean_ap + cmc[0]) / 2 * 100
+        if self.cfg.TEST.ROC.ENABLED:
+            from fastreid.evaluation.roc import evaluate_roc
+            scores, labels = evaluate_roc(dist, query_pids, gallery_pids, query_camids, gallery_camids)
+            fprs, tprs, _ = metrics.roc_curve(labels, scores)
+            for fpr in (1e-4, 1e-3, 1e-2):
+                results[f"TPR@FPR={fpr:.0e}"] = tprs[np.argmin(np.abs(fprs - fpr))]
+        return results
+
+
+class MaskedReidEvaluator(DistanceReidEvaluator):
     """fast-reid's ``ReidEvaluator`` with the query-mask distance of SPEC §6 in place of ``build_dist``.
 
     Order of operations as in the parent: gather (multi-process), AQE on the descriptors
@@ -83,14 +127,6 @@ class MaskedReidEvaluator(ReidEvaluator):
             logger.info("TEST.METRIC=%s is not used: masked matching ranks by the %s masked distance",
                         cfg.TEST.METRIC, self.distance)
 
-    def _gathered_predictions(self):
-        """The parent's gathering: None on the non-main processes of a multi-process run."""
-        if comm.get_world_size() > 1:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
-            return predictions if comm.is_main_process() else None
-        return self._predictions
-
     def masked_query_distance(self, query_features, gallery_features):
         """(Q, 2W), (G, 2W) packed outputs -> numpy (Q, G) distance matrix (AQE and re-ranking included)."""
         query, query_masks = unpack_descriptor_and_mask(query_features)
@@ -108,33 +144,4 @@ class MaskedReidEvaluator(ReidEvaluator):
             dist = reranked_distance(F.normalize(query, dim=1), F.normalize(gallery, dim=1), dist, test.RERANK)
         return dist
 
-    def evaluate(self):
-        predictions = self._gathered_predictions()
-        if predictions is None:
-            return {}
-        features = torch.cat([p["feats"] for p in predictions], dim=0)
-        pids = torch.cat([p["pids"] for p in predictions], dim=0).numpy()
-        camids = torch.cat([p["camids"] for p in predictions], dim=0).numpy()
-        nq = self._num_query
-        dist = self.masked_query_distance(features[:nq], features[nq:])
-        self._results = self._ranking_results(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
-        return copy.deepcopy(self._results)
-
-    def _ranking_results(self, dist, query_pids, gallery_pids, query_camids, gallery_camids):
-        """The parent's metrics on a given distance matrix (fast-reid's evaluate_rank / evaluate_roc)."""
-        from fastreid.evaluation.rank import evaluate_rank
-        results = OrderedDict()
-        cmc, all_ap, all_inp = evaluate_rank(dist, query_pids, gallery_pids, query_camids, gallery_camids)
-        mean_ap, mean_inp = np.mean(all_ap), np.mean(all_inp)
-        for rank in (1, 5, 10):
-            results[f"Rank-{rank}"] = cmc[rank - 1] * 100
-        results["mAP"] = mean_ap * 100
-        results["mINP"] = mean_inp * 100
-        results["metric"] = (mean_ap + cmc[0]) / 2 * 100
-        if self.cfg.TEST.ROC.ENABLED:
-            from fastreid.evaluation.roc import evaluate_roc
-            scores, labels = evaluate_roc(dist, query_pids, gallery_pids, query_camids, gallery_camids)
-            fprs, tprs, _ = metrics.roc_curve(labels, scores)
-            for fpr in (1e-4, 1e-3, 1e-2):
-                results[f"TPR@FPR={fpr:.0e}"] = tprs[np.argmin(np.abs(fprs - fpr))]
-        return results
+    query_gallery_distance = masked_query_distance

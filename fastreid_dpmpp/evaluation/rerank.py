@@ -21,7 +21,6 @@ Memory: besides the (N, D) features and the sparse V (O(N · |R*|) entries), eve
 most ``block_size`` rows wide; ``iter_kreciprocal_rerank`` yields the (Q, G) result in query blocks so a
 caller can keep, e.g., only each query's top-k.
 """
-import copy
 import logging
 
 import numpy as np
@@ -30,11 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from fastreid.evaluation.query_expansion import aqe
-from fastreid.evaluation.reid_evaluation import ReidEvaluator
 from fastreid.utils.compute_dist import build_dist
 
 from ..compat import faiss_gpu_available
-from .masked_evaluator import MaskedReidEvaluator
+from .masked_evaluator import DistanceReidEvaluator
 
 __all__ = [
     "METHODS", "DEFAULT_BLOCK_SIZE", "rerank_options", "knn_search", "farthest_squared_distance",
@@ -315,27 +313,17 @@ def uses_rerank_evaluator(cfg):
     return method == "kreciprocal" or block_size > 0
 
 
-class RerankReidEvaluator(ReidEvaluator):
+class RerankReidEvaluator(DistanceReidEvaluator):
     """fast-reid's ``ReidEvaluator`` (same AQE, TEST.METRIC distance, metrics) with the re-ranking of
     :func:`reranked_distance`: "jaccard" = fast-reid's formula, blocked and sparse; "kreciprocal" = Zhong et
     al.'s d* on the (L2-normalised when TEST.METRIC is cosine) features."""
-
-    _gathered_predictions = MaskedReidEvaluator._gathered_predictions
-    _ranking_results = MaskedReidEvaluator._ranking_results
 
     def __init__(self, cfg, num_query, output_dir=None):
         rerank_options(cfg.TEST.RERANK)  # a bad METHOD / BLOCK_SIZE fails here, not after inference
         super().__init__(cfg, num_query, output_dir)
 
-    def evaluate(self):
-        predictions = self._gathered_predictions()
-        if predictions is None:
-            return {}
-        features = torch.cat([p["feats"] for p in predictions], dim=0)
-        pids = torch.cat([p["pids"] for p in predictions], dim=0).numpy()
-        camids = torch.cat([p["camids"] for p in predictions], dim=0).numpy()
-        nq, test = self._num_query, self.cfg.TEST
-        query, gallery = features[:nq], features[nq:]
+    def query_gallery_distance(self, query, gallery):
+        test = self.cfg.TEST
         if test.AQE.ENABLED:
             logger.info("Test with AQE setting")
             query, gallery = aqe(query, gallery, test.AQE.QE_TIME, test.AQE.QE_K, test.AQE.ALPHA)
@@ -346,5 +334,4 @@ class RerankReidEvaluator(ReidEvaluator):
             if test.METRIC == "cosine":
                 query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
             dist = reranked_distance(query, gallery, dist, test.RERANK)
-        self._results = self._ranking_results(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
-        return copy.deepcopy(self._results)
+        return dist
