@@ -1,5 +1,10 @@
+import importlib.util
+import os
+
 import pytest
 import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,3 +26,24 @@ def data_root(tmp_path_factory):
     make_synthetic_benchmark(str(root), seed=0, layout="occluded_duke", image_size=(64, 32), num_train_ids=8,
                              images_per_train_id=4, num_test_ids=6, gallery_images_per_id=3, num_distractor_ids=4)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory):
+    """A small synthetic Occluded-Duke at the default 128x64 size (Stage II and SPT tool runs; read only)."""
+    from fastreid_dpmpp.data.synthetic import make_synthetic_benchmark
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_benchmark(str(root), seed=0, layout="occluded_duke", num_train_ids=8, images_per_train_id=4,
+                             num_test_ids=4, max_queries_per_id=1, gallery_images_per_id=3, num_distractor_ids=0)
+    return str(root)
+
+
+@pytest.fixture
+def load_tool():
+    """Import tools/<name>.py as a module (its main() is then called in-process)."""
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

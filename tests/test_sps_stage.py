@@ -3,7 +3,6 @@ loss steering the mean mask towards ρ, and tools/train_stage2.py end to end (SP
 
 References are computed here independently: torch's own ``F.cross_entropy(label_smoothing=...)``, a naive
 batch-hard triplet loop, the backbone's patch embedding multiplied by hand."""
-import importlib.util
 import json
 import os
 
@@ -20,7 +19,6 @@ from fastreid.engine import default_argument_parser
 from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.events import EventStorage
 from fastreid_dpmpp.checkpoint import trusted_torch_load
-from fastreid_dpmpp.data.synthetic import make_synthetic_benchmark
 from fastreid_dpmpp.engine.defaults import load_config
 from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
 from fastreid_dpmpp.engine.stage2 import CompositeOptimizer, Stage2Trainer, build_stage2_optimizer
@@ -210,28 +208,13 @@ def test_budget_loss_drives_the_mean_mask_towards_rho():
 
 
 # ----------------------------------------------------------------------------- tools/train_stage2.py
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_benchmark(str(root), seed=0, layout="occluded_duke", num_train_ids=8, images_per_train_id=4,
-                             num_test_ids=4, max_queries_per_id=1, gallery_images_per_id=3, num_distractor_ids=0)
-    return str(root)
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def tool_args(output_dir, dataset_root, *extra_flags, opts=()):
     argv = ["--config-file", SPS_CONFIG, *extra_flags, *map(str, TINY),
             "DATASETS.ROOT", dataset_root, "OUTPUT_DIR", output_dir, *map(str, opts)]
     return default_argument_parser().parse_args(argv)
 
 
-def test_stage2_runs_end_to_end_resumes_and_evaluates(dataset_root, tmp_path):
+def test_stage2_runs_end_to_end_resumes_and_evaluates(dataset_root, tmp_path, load_tool):
     tool = load_tool("train_stage2")
     output = str(tmp_path / "sps")
     path = tool.main(tool_args(output, dataset_root,

@@ -5,7 +5,6 @@ SPT.ENABLED (statistics in metrics.json, a picture of synthesised samples, no SP
 
 References are computed here independently: per-sample loops over the patch embeddings, F.cross_entropy on the
 logits with the partner's column deleted, a naive triplet loop, nearest-neighbour indices by hand."""
-import importlib.util
 import json
 import os
 
@@ -22,7 +21,6 @@ from fastreid.engine import default_argument_parser
 from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.events import EventStorage
 from fastreid_dpmpp.checkpoint import trusted_torch_load
-from fastreid_dpmpp.data.synthetic import make_synthetic_benchmark
 from fastreid_dpmpp.engine.defaults import load_config
 from fastreid_dpmpp.engine.spt_hook import SPSWeightsError, SPTHook, load_frozen_sps_model
 from fastreid_dpmpp.modeling.spt_synthesizer import SPTSynthesizer, freeze_model
@@ -213,21 +211,6 @@ def test_sps_weights_errors_name_the_key_and_the_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- tools/train_net.py with SPT
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_benchmark(str(root), seed=0, layout="occluded_duke", num_train_ids=8, images_per_train_id=4,
-                             num_test_ids=4, max_queries_per_id=1, gallery_images_per_id=3, num_distractor_ids=0)
-    return str(root)
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def train_net_args(output_dir, dataset_root, sps_weights, *opts):
     argv = ["--config-file", BASELINE_CONFIG, *map(str, TINY + PERMISSIVE),
             "DATASETS.ROOT", dataset_root, "OUTPUT_DIR", output_dir, "SOLVER.MAX_EPOCH", "1",
@@ -235,7 +218,7 @@ def train_net_args(output_dir, dataset_root, sps_weights, *opts):
     return default_argument_parser().parse_args(argv)
 
 
-def test_train_net_with_spt_logs_statistics_draws_samples_and_keeps_sps_out(dataset_root, tmp_path):
+def test_train_net_with_spt_logs_statistics_draws_samples_and_keeps_sps_out(dataset_root, tmp_path, load_tool):
     tool = load_tool("train_net")
     with pytest.raises(SPSWeightsError, match="SPT.SPS_WEIGHTS.*missing.pth"):
         tool.main(train_net_args(str(tmp_path / "fails"), dataset_root, str(tmp_path / "missing.pth")))
