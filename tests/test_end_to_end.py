@@ -43,6 +43,9 @@ def test_baseline_trains_evaluates_and_resumes(data_root, tmp_path):
     for name in ("model_0000.pth", "model_final.pth", "model_best.pth", "config.yaml", "metrics.json"):
         assert (out / name).is_file(), name
     assert all(0.0 <= value <= 100.0 for value in trained)
+    written = json.loads((out / "eval_results.json").read_text())  # the final evaluation, as a file
+    assert [written["OccludedDuke"][m] for m in ("Rank-1", "Rank-5", "Rank-10", "mAP")] == pytest.approx(
+        trained, abs=0.01)
 
     evaluated = metrics_row(run_tool("train_net.py", "--eval-only", *common, "MODEL.WEIGHTS", out / "model_best.pth"))
     assert evaluated == pytest.approx(trained, abs=0.01)  # same weights, same evaluation

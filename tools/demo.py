@@ -17,7 +17,7 @@ import fastreid_dpmpp  # noqa: F401
 from fastreid.utils.logger import setup_logger
 from tabulate import tabulate
 
-from fastreid_dpmpp.data.synthetic import make_synthetic_benchmark
+from fastreid_dpmpp.data.synthetic import ensure_synthetic_benchmark
 from fastreid_dpmpp.engine.pipeline import Stage, evaluate_checkpoint, run_pipeline, run_stage, plan_stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,14 +28,10 @@ METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP")
 
 
 def prepare_data(root, seed):
-    marker = os.path.join(root, "Occluded_Duke", "meta.json")
-    if os.path.isfile(marker):
-        print(f"[1/4] synthetic benchmark found in {root}", flush=True)
-        return
-    print(f"[1/4] writing the synthetic occluded benchmark to {root} ...", flush=True)
+    print(f"[1/4] synthetic benchmark in {root} ...", flush=True)
     start = time.time()
-    make_synthetic_benchmark(root, seed=seed, layout="occluded_duke")
-    print(f"      done in {time.time() - start:.0f} s", flush=True)
+    written = ensure_synthetic_benchmark(root, seed=seed)
+    print(f"      {'written' if written else 'found'} ({time.time() - start:.0f} s)", flush=True)
 
 
 def evaluate(config_file, weights, opts, output_dir):

@@ -37,7 +37,7 @@ logger = logging.getLogger("fastreid.dpmpp.data.synthetic")
 
 __all__ = [
     "LAYOUT_DIRS", "DEFAULT_LAYOUTS", "OCCLUDER_KINDS", "META_FILE",
-    "make_synthetic_benchmark", "make_preview", "load_meta",
+    "make_synthetic_benchmark", "ensure_synthetic_benchmark", "make_preview", "load_meta",
     "Appearance", "sample_appearance", "render_pedestrian_sample",
 ]
 
@@ -1314,3 +1314,12 @@ def make_preview(root, out_path, per_row=10, scale=2, seed=0):
     if not cv2.imwrite(out_path, sheet):
         raise OSError(f"could not write {out_path}")
     return out_path
+
+
+def ensure_synthetic_benchmark(root, seed=0, layout="occluded_duke"):
+    """Write the Occluded-Duke synthetic benchmark under ``root`` unless it is already there (its meta.json
+    exists). Returns True when it was written now."""
+    if os.path.isfile(os.path.join(root, LAYOUT_DIRS["occluded_duke"], META_FILE)):
+        return False
+    make_synthetic_benchmark(root, seed=seed, layout=layout)
+    return True

@@ -1,6 +1,8 @@
 """fast-reid's DefaultTrainer with the few DPM++ additions; everything else is fast-reid's own."""
 import contextlib
+import json
 import logging
+import os
 import time
 
 import torch
@@ -10,8 +12,10 @@ from fastreid.engine import DefaultTrainer
 from fastreid.engine.train_loop import SimpleTrainer
 from fastreid.evaluation import ReidEvaluator
 from fastreid.solver.build import get_default_optimizer_params
+from fastreid.utils import comm
 from fastreid.utils.params import ContiguousParams
 
+from ..checkpoint import atomic_write_text
 from ..evaluation.masked_evaluator import MaskedReidEvaluator
 from ..evaluation.rerank import RerankReidEvaluator, uses_rerank_evaluator
 from ..modeling.heads.dpm_head import emits_query_masks, has_mask_generator
@@ -21,6 +25,14 @@ from .nan_guard import with_non_finite_guard
 from .resume import EpochSeedHook
 
 logger = logging.getLogger("fastreid.dpmpp.trainer")
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+def write_eval_results(output_dir, results):
+    """{dataset: {metric: value}} -> OUTPUT_DIR/eval_results.json, atomically."""
+    payload = {name: {metric: float(value) for metric, value in metrics.items()} for name, metrics in results.items()}
+    os.makedirs(output_dir, exist_ok=True)
+    atomic_write_text(json.dumps(payload, indent=2), os.path.join(output_dir, EVAL_RESULTS_FILE))
 
 
 def count_training_cameras(cfg):
@@ -192,6 +204,16 @@ class DPMPPTrainer(DefaultTrainer):
         else:
             evaluator = RerankReidEvaluator if uses_rerank_evaluator(cfg) else ReidEvaluator
         return data_loader, evaluator(cfg, num_query, output_dir)
+
+    @classmethod
+    def test(cls, cfg, model):
+        """fast-reid's evaluation; the results are also written to OUTPUT_DIR/eval_results.json (fast-reid's
+        metrics.json drops the final evaluation: its JSONWriter skips scalars of an iteration already written)."""
+        results = super().test(cfg, model)
+        if comm.is_main_process() and cfg.OUTPUT_DIR and results:
+            per_dataset = results if len(cfg.DATASETS.TESTS) > 1 else {cfg.DATASETS.TESTS[0]: results}
+            write_eval_results(cfg.OUTPUT_DIR, per_dataset)
+        return results
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,0 +1,299 @@
+"""The paper's ablation tables (III, IV, VI, VII) on the synthetic occluded benchmark, with several seeds.
+
+Every row is a config file in ``configs/Synthetic/ablation/<backbone>/`` that flips its row's switches; a row that
+appears in several tables (e.g. "full" in III, IV and VI) is one file and is trained once per seed. Per seed,
+Stage I (text prototypes T, CLIP rows only) and Stage II (SPS, rows with SPT) run once and are handed to every
+Stage III run of that seed, as in the three-stage pipeline. Runs are fast-reid training processes
+(``tools/train_net.py``) with their own OUTPUT_DIR; a run whose ``result.json`` exists is reused, an interrupted
+one resumes (``--resume``). Metrics are those of fast-reid's evaluation at the end of training, read back from
+the run's ``eval_results.json``.
+
+Output folder::
+
+    stages/seed<k>/stage1|stage2      Stage I / II of seed k
+    <backbone>/<row>/seed<k>/         one Stage III run (fast-reid OUTPUT_DIR + result.json)
+    table_<T>.md / .json / .png       the aggregated table (mean ± std over seeds) and its plot
+"""
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..checkpoint import atomic_write_text
+from .defaults import load_config
+from .pipeline import Stage, plan_stages, run_stage
+from .trainer import EVAL_RESULTS_FILE
+
+__all__ = ["Row", "Table", "TABLES", "BACKBONES", "TEST_SETS", "METRICS", "RunSpec", "plan_runs",
+           "read_final_metrics", "missing_runs", "summarise", "markdown_table", "plot_table", "run_ablation"]
+
+logger = logging.getLogger("fastreid.dpmpp.ablation")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO, "configs", "Synthetic", "ablation")
+BASE_CONFIG = os.path.join(CONFIG_DIR, "Base-Ablation.yml")
+BACKBONES = {"clip": "CLIP-ViT", "vit": "vanilla ViT"}
+TEST_SETS = {"OccludedDuke": "occluded queries", "OccludedDukeHolisticQuery": "holistic queries"}
+METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP")
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    config: str  # file name in configs/Synthetic/ablation/<backbone>/
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str
+    title: str
+    rows: tuple
+    backbones: tuple = ("clip",)
+
+
+TABLES = {
+    "III": Table("III", "Component ablation (paper Table III)", (
+        Row("baseline", "baseline.yml"),
+        Row("+SPT", "spt.yml"),
+        Row("+SPT+OIoU", "spt_oiou.yml"),
+        Row("+SPT+OIoU+MR", "spt_oiou_mr.yml"),
+        Row("+DPM", "dpm.yml"),
+        Row("+DPM+HMG", "dpm_hmg.yml"),
+        Row("+DPM+HMG+HEM", "dpm_hmg_hem.yml"),
+        Row("full (DPM++)", "full.yml"),
+    ), backbones=("clip", "vit")),
+    "IV": Table("IV", "Where the mask acts (paper Table IV)", (
+        Row("prototype, before norm. (DPM++)", "full.yml"),
+        Row("prototype, after norm.", "mask_prototype_after.yml"),
+        Row("feature, before norm.", "mask_feature_before.yml"),
+        Row("feature, after norm.", "mask_feature_after.yml"),
+        Row("both, before norm.", "mask_both_before.yml"),
+        Row("both, after norm.", "mask_both_after.yml"),
+    )),
+    "VI": Table("VI", "Which prototype is masked (paper Table VI)", (
+        Row("w/o mask", "no_mask.yml"),
+        Row("visual prototype P (DPM++)", "full.yml"),
+        Row("text prototype T", "text_prototype.yml"),
+    )),
+    "VII": Table("VII", "Random erasing vs SPT (paper Table VII)", (
+        Row("Random Erasing", "baseline.yml"),
+        Row("SPT", "spt_no_rea.yml"),
+        Row("Random Erasing + SPT", "spt_oiou_mr.yml"),
+    )),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    backbone: str
+    config: str
+    seed: int
+
+    @property
+    def name(self):
+        return f"{self.backbone}/{os.path.splitext(self.config)[0]}/seed{self.seed}"
+
+    @property
+    def config_file(self):
+        return os.path.join(CONFIG_DIR, self.backbone, self.config)
+
+    def output_dir(self, root):
+        return os.path.join(root, self.name)
+
+
+def plan_runs(tables, seeds):
+    """The distinct Stage III runs the tables need, in a stable order (a row shared by tables appears once)."""
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        raise ValueError(f"ablation: unknown table(s) {unknown}; choose from {sorted(TABLES)}")
+    runs = []
+    for key in tables:  # table by table, so that the first table is complete first
+        table = TABLES[key]
+        for seed in seeds:
+            for backbone in table.backbones:
+                for row in table.rows:
+                    spec = RunSpec(backbone, row.config, int(seed))
+                    if spec not in runs:
+                        runs.append(spec)
+    return runs
+
+
+def _check_row_configs(runs):
+    missing = sorted({r.config_file for r in runs if not os.path.isfile(r.config_file)})
+    if missing:
+        raise FileNotFoundError(f"ablation: row config(s) missing: {missing}")
+
+
+def read_final_metrics(results_file, test_sets=tuple(TEST_SETS), metrics=METRICS):
+    """{test set: {metric: value}} from the run's final evaluation (``eval_results.json``, written by
+    DPMPPTrainer.test)."""
+    if not os.path.isfile(results_file):
+        raise FileNotFoundError(f"ablation: {results_file} does not exist (the run did not finish its evaluation)")
+    with open(results_file) as f:
+        results = json.load(f)
+    missing = [f"{name}/{metric}" for name in test_sets for metric in metrics
+               if metric not in results.get(name, {})]
+    if missing:
+        raise ValueError(f"ablation: {results_file} lacks {missing} (DATASETS.TESTS must list {list(test_sets)})")
+    return {name: {metric: float(results[name][metric]) for metric in metrics} for name in test_sets}
+
+
+def _stage_opts(spec, stage_dirs, root_opts):
+    """The hand-over keys of Stage III: T for CLIP rows (a vanilla ViT has no text tower), SPS for every row
+    (read only when the row enables SPT)."""
+    stage1, stage2 = stage_dirs[spec.seed]
+    opts = list(root_opts) + ["SEED", spec.seed, "SPT.SPS_WEIGHTS", stage2.artifact_path]
+    if spec.backbone == "clip":
+        opts += ["MODEL.DPMPP.TEXT_PROTOTYPES", stage1.artifact_path]
+    return opts
+
+
+def _result_path(spec, root):
+    return os.path.join(spec.output_dir(root), "result.json")
+
+
+def _train_and_read(spec, root, opts):
+    out = spec.output_dir(root)
+    stage = Stage(spec.name, "train_net.py", spec.config_file, out, "model_final.pth", opts)
+    seconds = 0.0 if stage.done() else run_stage(stage, os.path.join(out, "train.log"), show_progress=False)
+    result = {"run": spec.name, "config": os.path.relpath(spec.config_file, REPO), "seed": spec.seed,
+              "train_seconds": round(seconds, 1),
+              "metrics": read_final_metrics(os.path.join(out, EVAL_RESULTS_FILE))}
+    atomic_write_text(json.dumps(result, indent=2), _result_path(spec, root))
+    return result
+
+
+def _needs_stage2(runs, opts):
+    return any(load_config(r.config_file, list(opts)).SPT.ENABLED for r in runs)
+
+
+def _run_parallel(jobs, num_jobs, describe):
+    """Run ``(key, callable)`` jobs on ``num_jobs`` threads (each job is a child process), logging progress.
+    Returns {key: result} of the jobs that succeeded (failures are logged)."""
+    results, start = {}, time.time()
+    with ThreadPoolExecutor(max_workers=max(1, num_jobs)) as pool:
+        futures = {pool.submit(fn): key for key, fn in jobs}
+        for done, future in enumerate(as_completed(futures), 1):
+            key = futures[future]
+            try:
+                results[key] = future.result()
+            except Exception as error:  # one failed run must not discard the others; re-running retries it
+                logger.error("[%d/%d] %s FAILED: %s", done, len(jobs), key, error)
+                continue
+            logger.info("[%d/%d] %s: %s (%.0f s elapsed)", done, len(jobs), key, describe(results[key]),
+                        time.time() - start)
+    return results
+
+
+def _prepare_stages(seeds, root, opts, need_stage1, need_stage2, num_jobs):
+    stage_dirs = {seed: plan_stages(BASE_CONFIG, os.path.join(root, "stages", f"seed{seed}"),
+                                    list(opts) + ["SEED", seed])[:2] for seed in seeds}
+    jobs = []
+    for seed, (stage1, stage2) in stage_dirs.items():
+        for stage, needed in ((stage1, need_stage1), (stage2, need_stage2)):
+            if needed and not stage.done():
+                log = os.path.join(stage.output_dir, "stage.log")
+                jobs.append((f"seed {seed} stage {stage.name}",
+                             lambda stage=stage, log=log: run_stage(stage, log, show_progress=False)))
+    if jobs:
+        logger.info("Stage I / II: %d job(s) on %d worker(s)", len(jobs), num_jobs)
+        _run_parallel(jobs, num_jobs, lambda seconds: f"{seconds:.0f} s")
+    return stage_dirs
+
+
+def run_ablation(tables, seeds, root, opts=(), num_jobs=1):
+    """Train every run the tables need (reusing finished ones); returns {run name: result dict}."""
+    runs = plan_runs(tables, seeds)
+    _check_row_configs(runs)
+    root = os.path.abspath(root)
+    stage_dirs = _prepare_stages(seeds, root, opts, any(r.backbone == "clip" for r in runs),
+                                 _needs_stage2(runs, opts), num_jobs)
+    results, jobs = {}, []
+    for spec in runs:
+        if os.path.isfile(_result_path(spec, root)):
+            with open(_result_path(spec, root)) as f:
+                results[spec.name] = json.load(f)
+            continue
+        jobs.append((spec.name, lambda spec=spec: _train_and_read(spec, root, _stage_opts(spec, stage_dirs, opts))))
+    logger.info("Stage III: %d run(s) to train, %d reused, %d worker(s)", len(jobs), len(results), num_jobs)
+    results.update(_run_parallel(jobs, num_jobs, lambda r: "mAP occ. {:.1f}, holistic {:.1f}, {:.0f} s".format(
+        r["metrics"]["OccludedDuke"]["mAP"], r["metrics"]["OccludedDukeHolisticQuery"]["mAP"], r["train_seconds"])))
+    return results
+
+
+def missing_runs(table_key, results, seeds):
+    """Names of the runs of a table that have no result (failed or not run)."""
+    table = TABLES[table_key]
+    return [RunSpec(b, row.config, int(s)).name for s in seeds for b in table.backbones for row in table.rows
+            if RunSpec(b, row.config, int(s)).name not in results]
+
+
+def summarise(table_key, results, seeds):
+    """{backbone: [{"label", "config", "values": {test set: {metric: [per-seed values]}}}]} for one table."""
+    table = TABLES[table_key]
+    summary = {}
+    for backbone in table.backbones:
+        rows = []
+        for row in table.rows:
+            names = [RunSpec(backbone, row.config, int(s)).name for s in seeds]
+            missing = [n for n in names if n not in results]
+            if missing:
+                raise KeyError(f"ablation: table {table_key} needs run(s) {missing} that have no result")
+            values = {test: {m: [results[n]["metrics"][test][m] for n in names] for m in METRICS} for test in TEST_SETS}
+            rows.append({"label": row.label, "config": f"{backbone}/{row.config}", "values": values})
+        summary[backbone] = rows
+    return summary
+
+
+def _mean_std(values):
+    values = np.asarray(values, dtype=float)
+    std = values.std(ddof=1) if values.size > 1 else 0.0
+    return f"{values.mean():.1f} ± {std:.1f}"
+
+
+def markdown_table(table_key, summary, seeds):
+    """The table in GitHub markdown: mean ± std (sample std over seeds) per metric, occluded then holistic."""
+    from tabulate import tabulate
+    headers = ["backbone", "row"] + [f"{m} ({'occ.' if test == 'OccludedDuke' else 'hol.'})"
+                                     for test in TEST_SETS for m in METRICS]
+    body = [[BACKBONES[backbone], row["label"]] + [_mean_std(row["values"][test][m])
+                                                    for test in TEST_SETS for m in METRICS]
+            for backbone, rows in summary.items() for row in rows]
+    title = f"Table {table_key}: {TABLES[table_key].title}, mean ± std over {len(seeds)} seed(s) {list(seeds)} (%)"
+    return f"{title}\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
+
+
+def plot_table(table_key, summary, path):
+    """mAP and Rank-1 per row (mean ± std, seeds as dots), occluded vs holistic queries, one panel per backbone."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(backbone, metric) for backbone in summary for metric in ("mAP", "Rank-1")]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(TABLES[table_key].rows) + 1.6),
+                                sharey=True, squeeze=False)
+    for ax, (backbone, metric) in zip(axes[0], panels):
+        rows = summary[backbone]
+        positions = np.arange(len(rows))
+        for offset, (test, colour) in zip((-0.18, 0.18), zip(TEST_SETS, ("tab:red", "tab:blue"))):
+            values = np.array([row["values"][test][metric] for row in rows])  # (rows, seeds)
+            ax.barh(positions + offset, values.mean(1), height=0.34, color=colour, alpha=0.55,
+                    xerr=values.std(1, ddof=1) if values.shape[1] > 1 else None, label=TEST_SETS[test])
+            for seed_values, y in zip(values, positions + offset):
+                ax.plot(seed_values, np.full_like(seed_values, y), "k.", markersize=3)
+        ax.set_yticks(positions, [row["label"] for row in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{metric} (%)")
+        ax.set_title(f"{BACKBONES[backbone]}: {metric}")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    figure.suptitle(f"Table {table_key}: {TABLES[table_key].title} (synthetic benchmark)")
+    figure.tight_layout()
+    temporary = path + ".tmp.png"
+    figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+    os.replace(temporary, path)
