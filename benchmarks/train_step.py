@@ -3,10 +3,13 @@
 on the same tiny random-init CLIP-ViT (configs/Synthetic/Base-Tiny.yml sizes) and the same batch, in one
 process. A step = forward, loss sum, zero_grad, backward, Adam step (fast-reid's optimiser parameters).
 
-    python benchmarks/train_step.py [--steps 20] [--batch 32] [--threads 0] [--device cpu] [opts ...]
+    python benchmarks/train_step.py [--steps 20] [--batch 32] [--threads 0] [--device cpu]
+                                    [--hmg-reduction 1,4,8] [opts ...]
 
-Trailing KEY VALUE pairs are merged into both configs (e.g. MODEL.DPMPP.HMG_ENABLED False).
-Prints the median step time of each model and the ratio DPM++ / baseline.
+Trailing KEY VALUE pairs are merged into every config (e.g. MODEL.DPMPP.HMG_ENABLED False).
+``--hmg-reduction r1,r2,...`` builds one DPM++ model per MODEL.DPMPP.HMG_REDUCTION value (default: 1, the SPEC
+HMG), all timed in the same interleaved rounds as the baseline.
+Prints the median step time of each model and the ratio DPM++ / baseline for each r.
 """
 import argparse
 import os
@@ -27,8 +30,20 @@ from fastreid.utils.events import EventStorage  # noqa: E402
 from fastreid_dpmpp.engine import load_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {"CLIPBaseline": "configs/Synthetic/clip_baseline.yml", "DPMPP": "configs/Synthetic/dpmpp.yml"}
+BASELINE = ("CLIPBaseline", "configs/Synthetic/clip_baseline.yml", [])
+DPMPP_CONFIG = "configs/Synthetic/dpmpp.yml"
 NUM_CLASSES, NUM_INSTANCES = 64, 4
+
+
+def reduction_list(text):
+    """'1,4,8' -> [1, 4, 8] (comma-separated, so that trailing KEY VALUE overrides stay unambiguous)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hmg-reduction expects comma-separated integers, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"--hmg-reduction values must be distinct, got {text!r}")
+    return values
 
 
 def parse_args(argv=None):
@@ -37,14 +52,24 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32, help="images per batch (identities x 4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for both models")
+    p.add_argument("--hmg-reduction", type=reduction_list, default=[1], metavar="R[,R...]",
+                   help="comma-separated MODEL.DPMPP.HMG_REDUCTION values, one DPM++ model each (default: 1)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every model")
     return p.parse_args(argv)
 
 
-def build(name, args):
+def model_specs(reductions):
+    """(name, config, extra opts): the baseline, then one DPM++ per HMG reduction ("DPMPP" for r = 1)."""
+    specs = [BASELINE]
+    for r in reductions:
+        specs.append(("DPMPP" if r == 1 else f"DPMPP-r{r}", DPMPP_CONFIG, ["MODEL.DPMPP.HMG_REDUCTION", str(r)]))
+    return specs
+
+
+def build(config, extra, args):
     opts = ["MODEL.DEVICE", args.device, "MODEL.HEADS.NUM_CLASSES", str(NUM_CLASSES),
-            "MODEL.VIT.NUM_CAMERAS", "8"] + list(args.opts)
-    cfg = load_config(os.path.join(ROOT, CONFIGS[name]), opts)
+            "MODEL.VIT.NUM_CAMERAS", "8"] + list(args.opts) + extra
+    cfg = load_config(os.path.join(ROOT, config), opts)
     model = build_model(cfg).train()
     optimizer, _ = build_optimizer(cfg, model, contiguous=False)
     return cfg, model, optimizer
@@ -87,12 +112,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     runs = {}
-    for name in CONFIGS:
-        cfg, model, optimizer = build(name, args)
+    for name, config, extra in model_specs(args.hmg_reduction):
+        cfg, model, optimizer = build(config, extra, args)
         runs[name] = (model, optimizer, make_batch(cfg, args.batch, args.device))
-    times = {name: [] for name in CONFIGS}
+    times = {name: [] for name in runs}
     with EventStorage(0):
-        # Interleaved, so that both models see the same machine load; the first 3 rounds warm up.
+        # Interleaved, so that all models see the same machine load; the first 3 rounds warm up.
         for round_index in range(3 + args.steps):
             for name, (model, optimizer, batch) in runs.items():
                 elapsed = timed_step(model, optimizer, batch, args.device)
@@ -103,11 +128,13 @@ def main(argv=None):
         t = times[name]
         print(f"{name:12s} {params / 1e6:6.2f} M trainable params  median step {statistics.median(t) * 1000:8.1f} ms "
               f"(min {min(t) * 1000:.1f}, max {max(t) * 1000:.1f}, {len(t)} steps)")
-    ratios = [d / b for d, b in zip(times["DPMPP"], times["CLIPBaseline"])]
     print(f"batch {args.batch}, input {tuple(cfg.INPUT.SIZE_TRAIN)}, device {args.device}, "
           f"{torch.get_num_threads()} threads")
-    print(f"ratio DPMPP / CLIPBaseline = {statistics.median(ratios):.2f} (median of {len(ratios)} interleaved pairs; "
-          f"ratio of the fastest steps {min(times['DPMPP']) / min(times['CLIPBaseline']):.2f})")
+    baseline = times["CLIPBaseline"]
+    for name in list(runs)[1:]:
+        ratios = [d / b for d, b in zip(times[name], baseline)]
+        print(f"ratio {name} / CLIPBaseline = {statistics.median(ratios):.2f} (median of {len(ratios)} interleaved "
+              f"pairs; ratio of the fastest steps {min(times[name]) / min(baseline):.2f})")
 
 
 if __name__ == "__main__":

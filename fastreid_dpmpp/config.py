@@ -47,6 +47,7 @@ def add_dpmpp_config(cfg):
     _C.MODEL.DPMPP.DPM_ENABLED = True       # mask-prototype branch (L_mask, masked matching) on/off
     _C.MODEL.DPMPP.HMG_ENABLED = True       # hierarchical mask generator; off = mask from the final feature map only
     _C.MODEL.DPMPP.HMG_GATES = (1, 1, 1, 1)  # g, one binary gate per tap (Eq. 20)
+    _C.MODEL.DPMPP.HMG_REDUCTION = 1        # divide HMG's conv widths (2D, D, D) by r; 1 = SPEC, >1 = faster [ours]
     _C.MODEL.DPMPP.MASK_SIDE = "prototype"  # where m acts: "prototype" | "feature" | "both" (Table IV)
     _C.MODEL.DPMPP.MASK_BEFORE_NORM = True  # apply m before re-normalising (Eq. 10) or after (Table IV)
     _C.MODEL.DPMPP.MASKED_PROTOTYPE = "visual"  # which prototype is masked: "visual" (P) | "text" (T) | "none" (Table VI)
@@ -114,6 +115,10 @@ def add_dpmpp_config(cfg):
     _C.TEST.MASKED_MATCHING.ENABLED = True  # dynamic masked matching with the query's mask
     _C.TEST.MASKED_MATCHING.DISTANCE = "cosine"  # 1 - sim ("cosine") or arccos(sim) ("angular")
     _C.TEST.MASKED_MATCHING.BLOCK_SIZE = 4096    # gallery rows per block
+    # 0 = exhaustive (blocked) masked scores; K > 0 = FAISS finds K candidates per query, then exact masked
+    # re-scoring of those only (galleries too large to score exhaustively) [ours]
+    _C.TEST.MASKED_MATCHING.CANDIDATES = 0
+    _C.TEST.MASKED_MATCHING.INDEX = "flat"       # candidate index: "flat" | "ivf" | "ivfpq" (see tools/search.py)
     # Re-ranking (fast-reid's TEST.RERANK.{ENABLED,K1,K2,LAMBDA} plus): "jaccard" = fast-reid's formulation,
     # "kreciprocal" = Zhong et al. CVPR 2017; BLOCK_SIZE 0 = fast-reid's dense path (jaccard) / 1024 (kreciprocal).
     _C.TEST.RERANK.METHOD = "jaccard"

@@ -37,6 +37,18 @@ def _halve(x):
     return F.max_pool2d(x, kernel_size=kernel, stride=kernel)
 
 
+def _check_reduction(reduction, out_dim):
+    """r must be a positive integer dividing the mask width D (so that D/r and 2D/r are whole widths)."""
+    valid = isinstance(reduction, int) and not isinstance(reduction, bool) and reduction >= 1 \
+        and out_dim % reduction == 0
+    if not valid:
+        raise ValueError(
+            f"hmg.py: MODEL.DPMPP.HMG_REDUCTION must be a positive integer dividing the mask width "
+            f"D={out_dim}, got {reduction!r}"
+        )
+    return reduction
+
+
 class HierarchicalMaskGenerator(nn.Module):
     """Eq. 20-21: m = σ(FC(GMP(conv3(pool(conv2(pool(conv1([g_1 Z_1; …; g_K Z_K])))))))).
 
@@ -47,14 +59,20 @@ class HierarchicalMaskGenerator(nn.Module):
     and conv2 (see ``_halve`` for tiny grids); global max pool; FC(D -> D) with zero weight and bias,
     so every mask entry starts at exactly σ(0) = 0.5.
 
+    ``reduction`` r (MODEL.DPMPP.HMG_REDUCTION, ours, not in the paper) divides the hidden widths:
+    conv1 ΣC_k -> 2D/r, conv2 2D/r -> D/r, conv3 D/r -> D/r, FC(D/r -> D). conv1 dominates the cost
+    (9·ΣC_k·2D MACs per grid cell), so it falls by r; r = 1 is exactly the SPEC module (same parameter
+    names and shapes, checkpoints load unchanged).
+
     Args:
         in_channels: channels of every tap (int, same for all) or a sequence with one int per tap.
         num_taps: K, number of taps given to forward.
         out_dim: D, the mask width (= width of the feature the mask acts on).
         gates: K binary gates (SPEC: MODEL.DPMPP.HMG_GATES); None = all taps used.
+        reduction: r, a positive integer dividing D (MODEL.DPMPP.HMG_REDUCTION); 1 = SPEC widths.
     """
 
-    def __init__(self, in_channels, num_taps=4, out_dim=768, gates=None):
+    def __init__(self, in_channels, num_taps=4, out_dim=768, gates=None, reduction=1):
         super().__init__()
         channels = [int(in_channels)] * num_taps if isinstance(in_channels, int) else [int(c) for c in in_channels]
         gates = [1] * num_taps if gates is None else [int(g) for g in gates]
@@ -70,15 +88,17 @@ class HierarchicalMaskGenerator(nn.Module):
         self.tap_channels = tuple(channels)
         self.gates = tuple(gates)
         self.out_dim = out_dim
+        self.reduction = _check_reduction(reduction, out_dim)
+        hidden = out_dim // self.reduction
         gated_channels = sum(c for c, g in zip(channels, gates) if g)
-        self.conv1 = _conv_bn_relu(gated_channels, 2 * out_dim)
-        self.conv2 = _conv_bn_relu(2 * out_dim, out_dim)
-        self.conv3 = _conv_bn_relu(out_dim, out_dim)
-        self.fc = nn.Linear(out_dim, out_dim)
+        self.conv1 = _conv_bn_relu(gated_channels, 2 * hidden)
+        self.conv2 = _conv_bn_relu(2 * hidden, hidden)
+        self.conv3 = _conv_bn_relu(hidden, hidden)
+        self.fc = nn.Linear(hidden, out_dim)
         nn.init.zeros_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
-        logger.debug("HMG: tap channels %s, gates %s, conv1 input %d, mask width %d",
-                     channels, gates, gated_channels, out_dim)
+        logger.debug("HMG: tap channels %s, gates %s, conv1 input %d, hidden width %d (reduction %d), "
+                     "mask width %d", channels, gates, gated_channels, hidden, self.reduction, out_dim)
 
     def _concat_gated_taps(self, taps):
         if len(taps) != len(self.gates):

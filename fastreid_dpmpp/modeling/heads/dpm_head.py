@@ -172,8 +172,10 @@ class DPMHead(nn.Module):
         self.hierarchical = hierarchical
         if hierarchical:
             return HierarchicalMaskGenerator(list(self.tap_channels), num_taps=len(self.tap_channels),
-                                             out_dim=mask_dim, gates=cfg.MODEL.DPMPP.HMG_GATES)
-        return HierarchicalMaskGenerator([self.final_channels], num_taps=1, out_dim=mask_dim)
+                                             out_dim=mask_dim, gates=cfg.MODEL.DPMPP.HMG_GATES,
+                                             reduction=cfg.MODEL.DPMPP.HMG_REDUCTION)
+        return HierarchicalMaskGenerator([self.final_channels], num_taps=1, out_dim=mask_dim,
+                                         reduction=cfg.MODEL.DPMPP.HMG_REDUCTION)
 
     # ------------------------------------------------------------------ pieces
     @property
