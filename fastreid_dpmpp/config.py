@@ -119,6 +119,9 @@ def add_dpmpp_config(cfg):
     # re-scoring of those only (galleries too large to score exhaustively) [ours]
     _C.TEST.MASKED_MATCHING.CANDIDATES = 0
     _C.TEST.MASKED_MATCHING.INDEX = "flat"       # candidate index: "flat" | "ivf" | "ivfpq" (see tools/search.py)
+    # FAISS returns CANDIDATE_FACTOR·K rows, the exact masked scores keep the best K: the index searches with the
+    # masked query's direction, but the masked score's denominator differs per gallery row, so K alone can miss
+    _C.TEST.MASKED_MATCHING.CANDIDATE_FACTOR = 2
     # Re-ranking (fast-reid's TEST.RERANK.{ENABLED,K1,K2,LAMBDA} plus): "jaccard" = fast-reid's formulation,
     # "kreciprocal" = Zhong et al. CVPR 2017; BLOCK_SIZE 0 = fast-reid's dense path (jaccard) / 1024 (kreciprocal).
     _C.TEST.RERANK.METHOD = "jaccard"

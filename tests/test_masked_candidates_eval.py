@@ -83,7 +83,8 @@ def test_small_k_keeps_ranks_and_lower_bounds_map(monkeypatch):
     k = 24
     packed, descriptors, masks, pids, cams = identity_split(sign_gallery=True, width=64)
     exhaustive = evaluate(cfg_with(), packed, pids, cams)
-    cfg = cfg_with("TEST.MASKED_MATCHING.CANDIDATES", str(k), "TEST.MASKED_MATCHING.BLOCK_SIZE", "50")
+    cfg = cfg_with("TEST.MASKED_MATCHING.CANDIDATES", str(k), "TEST.MASKED_MATCHING.BLOCK_SIZE", "50",
+                   "TEST.MASKED_MATCHING.CANDIDATE_FACTOR", "1")
     ranked = MaskedReidEvaluator(cfg, NUM_QUERY).masked_candidate_ranking(packed[:NUM_QUERY], packed[NUM_QUERY:])
     assert ranked.shape == (NUM_QUERY, k)
     # precondition: the flat index recalled the exact masked top-K, in the same order
@@ -101,6 +102,22 @@ def test_small_k_keeps_ranks_and_lower_bounds_map(monkeypatch):
     assert truncated["mAP"] <= exhaustive["mAP"] + 1e-6
     assert truncated["mAP"] < exhaustive["mAP"] - 1.0  # K = 24 of ~20 positives per id: truncation does bite
     assert truncated["mINP"] <= exhaustive["mINP"] + 1e-6
+
+
+def test_candidate_factor_recovers_the_exact_top_k_that_k_candidates_miss():
+    """Random masks: the masked score's denominator differs per gallery row, so the index's K best by the masked
+    query's direction are not always the exact masked top-K; retrieving c·K (here all rows) and keeping the best K
+    by the exact masked score is exact."""
+    k = 10
+    packed, descriptors, masks, _, _ = identity_split(width=32)
+    _, exact = masked_topk(descriptors[:NUM_QUERY], descriptors[NUM_QUERY:], masks[:NUM_QUERY], k)
+
+    def ranking(factor):
+        cfg = cfg_with("TEST.MASKED_MATCHING.CANDIDATES", str(k), "TEST.MASKED_MATCHING.CANDIDATE_FACTOR", str(factor))
+        return MaskedReidEvaluator(cfg, NUM_QUERY).masked_candidate_ranking(packed[:NUM_QUERY], packed[NUM_QUERY:])
+
+    assert not np.array_equal(ranking(1), exact.numpy())  # the approximation this key exists for
+    assert np.array_equal(ranking(NUM_GALLERY // k), exact.numpy())
 
 
 def naive_truncated_ap(ranked, q_pid, q_cam, g_pids, g_cams):
@@ -153,6 +170,7 @@ def test_truncated_ap_matches_the_naive_loop_on_random_lists():
 
 @pytest.mark.parametrize("opts,message", [
     (("TEST.MASKED_MATCHING.CANDIDATES", "-1"), "CANDIDATES must be 0"),
+    (("TEST.MASKED_MATCHING.CANDIDATE_FACTOR", "0"), "CANDIDATE_FACTOR must be an integer >= 1"),
     (("TEST.MASKED_MATCHING.INDEX", "hnsw"), "INDEX must be one of"),
     (("TEST.MASKED_MATCHING.CANDIDATES", "10", "TEST.RERANK.ENABLED", "True"), "TEST.RERANK.ENABLED"),
     (("TEST.MASKED_MATCHING.CANDIDATES", "10", "TEST.AQE.ENABLED", "True"), "TEST.AQE.ENABLED"),

@@ -192,6 +192,9 @@ def _candidate_options(cfg):
     candidates = int(options.CANDIDATES)
     if candidates < 0:
         raise ValueError(f"TEST.MASKED_MATCHING.CANDIDATES must be 0 (exhaustive) or K > 0, got {options.CANDIDATES}")
+    factor = options.CANDIDATE_FACTOR
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"TEST.MASKED_MATCHING.CANDIDATE_FACTOR must be an integer >= 1, got {factor!r}")
     if options.INDEX not in CANDIDATE_INDEXES:
         raise ValueError(f"TEST.MASKED_MATCHING.INDEX must be one of {CANDIDATE_INDEXES}, got {options.INDEX!r}")
     if candidates > 0:
@@ -201,7 +204,7 @@ def _candidate_options(cfg):
         if dense:
             raise ValueError(f"TEST.MASKED_MATCHING.CANDIDATES={candidates} ranks K candidates per query without a "
                              f"(Q, G) matrix, which {', '.join(dense)} need: set them False or CANDIDATES 0")
-    return candidates, options.INDEX
+    return candidates, options.INDEX, factor
 
 
 class MaskedReidEvaluator(DistanceReidEvaluator):
@@ -233,7 +236,7 @@ class MaskedReidEvaluator(DistanceReidEvaluator):
         if cfg.TEST.METRIC != "cosine":
             logger.info("TEST.METRIC=%s is not used: masked matching ranks by the %s masked distance",
                         cfg.TEST.METRIC, self.distance)
-        self.candidates, self.index_type = _candidate_options(cfg)
+        self.candidates, self.index_type, self.candidate_factor = _candidate_options(cfg)
 
     def evaluate(self):
         if self.candidates <= 0:
@@ -251,15 +254,17 @@ class MaskedReidEvaluator(DistanceReidEvaluator):
 
     def masked_candidate_ranking(self, query_features, gallery_features):
         """(Q, 2W), (G, 2W) packed outputs -> (Q, K) int64 gallery rows by descending masked similarity:
-        K FAISS candidates per query (TEST.MASKED_MATCHING.INDEX) re-scored exactly (``masked_search``).
+        CANDIDATE_FACTOR·K FAISS candidates per query (TEST.MASKED_MATCHING.INDEX) re-scored exactly
+        (``masked_search``), the best K kept.
         Memory: the index, the (Q, K) lists and (query block · K · W) re-scoring intermediates, with query
         blocks of max(1, BLOCK_SIZE // K) rows; never a (Q, G) matrix."""
         query, query_masks = unpack_descriptor_and_mask(query_features)
         gallery, _ = unpack_descriptor_and_mask(gallery_features)
         k = min(self.candidates, gallery.shape[0])
+        retrieved = min(k * self.candidate_factor, gallery.shape[0])
         index = build_gallery_index(gallery, index_type=self.index_type)
-        _, ranked = masked_search(query, query_masks, index, k, candidates=k, gallery_features=gallery,
-                                  query_block_size=max(1, self.block_size // k))
+        _, ranked = masked_search(query, query_masks, index, k, candidates=retrieved, gallery_features=gallery,
+                                  query_block_size=max(1, self.block_size // retrieved))
         return ranked
 
     def _truncated_ranking_results(self, ranked, query_pids, gallery_pids, query_camids, gallery_camids):
