@@ -6,9 +6,16 @@ import tempfile
 import torch
 
 
-def _atomic_write(path, mode, suffix, write):
+def _default_file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path, mode, suffix, write):
     """``write(file)`` into a temporary file in ``path``'s folder, fsync, then rename over ``path``: a kill never
-    leaves a half-written file under ``path``."""
+    leaves a half-written file under ``path``. The file gets the permissions of a normally created one (the
+    temporary file is 0600, which would keep checkpoints from the people they are shared with)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
@@ -17,6 +24,7 @@ def _atomic_write(path, mode, suffix, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -26,13 +34,13 @@ def _atomic_write(path, mode, suffix, write):
 
 def atomic_torch_save(obj, path):
     """``torch.save`` through a temporary file and a rename."""
-    _atomic_write(path, "wb", ".pth", lambda f: torch.save(obj, f))
+    atomic_write(path, "wb", ".pth", lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text, path):
     """Write ``text`` through a temporary file and a rename (fast-reid's ``last_checkpoint`` tag: a kill while it is
     written must not leave an empty tag, which would make ``--resume`` start from scratch)."""
-    _atomic_write(path, "w", ".txt", lambda f: f.write(text))
+    atomic_write(path, "w", ".txt", lambda f: f.write(text))
 
 
 class UntrustedCheckpointError(RuntimeError):

@@ -134,3 +134,15 @@ def test_last_checkpoint_tag_is_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     atomic_write_text("model_0002.pth", str(tmp_path / "last_checkpoint"))
     assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_0002.pth")
+
+
+def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_torch_save({"w": torch.ones(2)}, str(tmp_path / "model.pth"))
+        atomic_write_text("model.pth", str(tmp_path / "last_checkpoint"))
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model.pth"]
+    for name in ("model.pth", "last_checkpoint"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # not mkstemp's 0600

@@ -41,7 +41,6 @@ import torch  # noqa: E402
 import fastreid_dpmpp  # noqa: E402,F401  (fast-reid fixes first)
 from fastreid_dpmpp.analysis.attention import AttentionStatistics  # noqa: E402
 from fastreid_dpmpp.analysis.figures import (  # noqa: E402
-    make_readable,
     plot_head_correlations,
     plot_query_masks,
     plot_rank_lists,
@@ -418,7 +417,6 @@ def main(argv=None):
     path = os.path.join(args.output_dir, FILES["summary"])
     summary["files"].append(FILES["summary"])
     atomic_write_text(json.dumps(summary, indent=1), path)
-    make_readable(path)
     logger.info("wrote %s", path)
     return summary
 

@@ -9,16 +9,15 @@ Inputs are plain numpy arrays / tensors and dicts, so the figures can be drawn f
 * :func:`plot_rank_lists`          top-k gallery images of each query, with / without masked matching.
 """
 import logging
-import os
 
 import numpy as np
 
-from ..checkpoint import _atomic_write
+from ..checkpoint import atomic_write
 
 logger = logging.getLogger("fastreid.dpmpp.analysis.figures")
 
 __all__ = ["new_figure", "save_figure", "plot_head_correlations", "plot_token_similarity", "plot_query_masks",
-           "plot_rank_lists", "make_readable", "MATCH_COLOUR", "MISMATCH_COLOUR"]
+           "plot_rank_lists", "MATCH_COLOUR", "MISMATCH_COLOUR"]
 
 MATCH_COLOUR = "#1a9850"
 MISMATCH_COLOUR = "#d73027"
@@ -40,17 +39,9 @@ def new_figure(width, height):
     return figure
 
 
-def make_readable(path):
-    """Give ``path`` the permissions of a file created normally (the temporary file of an atomic write is 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def save_figure(figure, path, dpi=100):
     """Write ``figure`` as a PNG at ``path`` (temporary file + rename: never a half-written picture)."""
-    _atomic_write(path, "wb", ".png", lambda f: figure.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
-    make_readable(path)
+    atomic_write(path, "wb", ".png", lambda f: figure.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     return path
 
 
