@@ -10,6 +10,7 @@ import collections
 import collections.abc
 import functools
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -507,6 +508,106 @@ def fix_eval_after_failed_training():
     EvalHook.before_train, EvalHook.after_train = before_train, after_train
 
 
+_TAIL_BLOCK = 1 << 16
+
+
+def _start_of_trailing_fragment(handle, size):
+    """Offset just after the file's last newline (0 if it has none), reading backwards one block at a time so
+    that a long metrics file is not read whole."""
+    end = size
+    while end > 0:
+        start = max(0, end - _TAIL_BLOCK)
+        handle.seek(start)
+        newline = handle.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+def _is_json_object(fragment):
+    try:
+        return isinstance(json.loads(fragment.decode("utf-8")), dict)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return False
+
+
+def repair_partial_json_lines(path):
+    """Make a JSON-lines file (fast-reid's ``metrics.json``) end on a complete line: a trailing fragment without its
+    newline (a writer killed mid-line) is cut off, or, when it is a whole JSON object that only lacks the newline,
+    completed. Complete lines are not touched. Returns the number of bytes dropped (0 when none)."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = _start_of_trailing_fragment(handle, size)
+        if start == size:
+            return 0
+        handle.seek(start)
+        fragment = handle.read()
+        if _is_json_object(fragment):
+            handle.write(b"\n")
+            logger.warning("%s ended with a complete record but no newline (the writer was stopped): newline added",
+                           path)
+            return 0
+        handle.truncate(start)
+        handle.flush()
+        os.fsync(handle.fileno())
+    logger.warning("%s ended with a partial line (the writer was stopped mid-write): dropped its last %d bytes, "
+                   "%r; the %d bytes of complete lines before it are kept", path, size - start,
+                   fragment[:80].decode("utf-8", "replace") + ("..." if len(fragment) > 80 else ""), start)
+    return size - start
+
+
+@_once
+def fix_partial_metrics_json():
+    """``JSONWriter`` appends one JSON object per line to ``metrics.json``; a process killed while writing (SIGKILL,
+    out of memory, power loss) leaves a half line, which every reader of the file (and the next run's first line,
+    appended right after it) then fails on. Repair the file where a writer opens it for appending (every training
+    start, ``--resume`` included): a trailing partial line is dropped with a warning. Repairing at open is the fix
+    that holds whatever cut the write; the writer already flushes and fsyncs after each write."""
+    from fastreid.utils.events import JSONWriter
+    original = JSONWriter.__init__
+
+    @functools.wraps(original)
+    def __init__(self, json_file, *args, **kwargs):
+        repair_partial_json_lines(json_file)
+        original(self, json_file, *args, **kwargs)
+
+    __init__.__wrapped_original__ = original
+    JSONWriter.__init__ = __init__
+
+
+def broadcast_buffers_from_rank0(model):
+    """Give every process rank 0's buffers (BatchNorm running statistics): the values rank 0 checkpoints."""
+    import torch.distributed as dist
+    from fastreid.utils import comm
+    if comm.get_world_size() == 1:
+        return
+    for buffer in getattr(model, "module", model).buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+@_once
+def fix_rank_local_buffers_at_evaluation():
+    """``DefaultTrainer`` wraps the model in ``DistributedDataParallel(..., broadcast_buffers=False)``: each process
+    updates BatchNorm running statistics from its own batches only, so with ``--num-gpus N`` every process evaluates
+    its shard of the test set with other statistics than the checkpoint (rank 0's) holds, and the gathered features
+    differ from a 1-process evaluation of that checkpoint. Broadcast rank 0's buffers before each evaluation."""
+    from fastreid.engine.hooks import EvalHook
+    original = EvalHook._do_eval
+
+    @functools.wraps(original)
+    def _do_eval(self):
+        model = getattr(self.trainer, "model", None)
+        if model is not None:
+            broadcast_buffers_from_rank0(model)
+        return original(self)
+
+    _do_eval.__wrapped_original__ = original
+    EvalHook._do_eval = _do_eval
+
+
 def apply_runtime_fixes():
     """Patches that need fast-reid's modules imported; called by ``import fastreid_dpmpp``."""
     fix_contiguous_params_zero_grad()
@@ -521,4 +622,6 @@ def apply_runtime_fixes():
     fix_unnamed_image_read_errors()
     fix_query_identities_not_in_gallery()
     fix_eval_after_failed_training()
+    fix_partial_metrics_json()
+    fix_rank_local_buffers_at_evaluation()
 

@@ -11,6 +11,9 @@ the main process and with the whole loss dict dumped. This hook:
   can still step the weights into inf/NaN): a checkpoint of non-finite weights is never written, so the last
   periodic checkpoint (and ``last_checkpoint``) stay the ones ``--resume`` continues from, and no
   ``model_final.pth`` of broken weights appears.
+
+Stage III (``DPMPPTrainer``) and Stage I (``Stage1Trainer``, whose T file is then not written either) use it; each
+passes the advice that names its own config keys.
 """
 import logging
 import math
@@ -22,9 +25,13 @@ from fastreid.engine.train_loop import HookBase
 logger = logging.getLogger("fastreid.dpmpp.nan_guard")
 
 __all__ = ["NonFiniteLossError", "NonFiniteWeightsError", "NonFiniteGuard", "non_finite_terms",
-           "non_finite_parameters"]
+           "non_finite_parameters", "with_non_finite_guard", "STAGE3_ADVICE"]
 
 _MAX_LISTED = 10
+# --resume restores the optimiser and LR-scheduler state of the checkpoint (base LR included): a lowered BASE_LR
+# only takes effect in a new run.
+STAGE3_ADVICE = ("Set SOLVER.CLIP_GRADIENTS.ENABLED True and continue with --resume, or lower SOLVER.BASE_LR and "
+                 "train again without --resume (--resume restores the learning rate stored in the checkpoint).")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,10 +75,13 @@ def _training_loop(trainer):
 
 
 class NonFiniteGuard(HookBase):
-    """fast-reid hook: place it before EvalHook and PeriodicCheckpointer (``DPMPPTrainer.build_hooks`` does)."""
+    """fast-reid hook: place it before EvalHook and PeriodicCheckpointer (:func:`with_non_finite_guard` does, for
+    ``DPMPPTrainer`` and ``Stage1Trainer``)."""
 
-    def __init__(self):
+    def __init__(self, advice=STAGE3_ADVICE):
+        """``advice``: what the error tells the user to change before ``--resume`` (the stage's own config keys)."""
         self._unwrap = lambda: None
+        self.advice = advice
 
     def before_train(self):
         loop = _training_loop(self.trainer)
@@ -105,8 +115,7 @@ class NonFiniteGuard(HookBase):
             f"iteration {iteration} (epoch {self.trainer.epoch})"
             + (f"; the other terms were {', '.join(f'{k}={v:.4g}' for k, v in finite.items())}" if finite else "")
             + f". This step was not applied to the weights. Last checkpoint kept: {_last_checkpoint(self.trainer)} "
-            f"(no model_final.pth is written). Lower SOLVER.BASE_LR or set SOLVER.CLIP_GRADIENTS.ENABLED True, "
-            f"then continue with --resume.")
+            f"(no model_final.pth is written). {self.advice}")
 
     def after_epoch(self):
         bad = non_finite_parameters(self.trainer.model)
@@ -116,15 +125,13 @@ class NonFiniteGuard(HookBase):
             raise NonFiniteWeightsError(
                 f"Training stopped at the end of epoch {self.trainer.epoch} (iteration {self.trainer.iter}): "
                 f"{len(bad)} parameter tensor(s) hold NaN or infinite values: {listed}. No checkpoint of these "
-                f"weights was written; last checkpoint kept: {_last_checkpoint(self.trainer)}. Lower "
-                f"SOLVER.BASE_LR or set SOLVER.CLIP_GRADIENTS.ENABLED True, then continue with --resume.")
+                f"weights was written; last checkpoint kept: {_last_checkpoint(self.trainer)}. {self.advice}")
 
 
-
-def with_non_finite_guard(hook_list):
+def with_non_finite_guard(hook_list, advice=STAGE3_ADVICE):
     """``hook_list`` with a :class:`NonFiniteGuard` placed before fast-reid's EvalHook and PeriodicCheckpointer (so it
     checks the weights before they are evaluated or saved at the end of an epoch)."""
     from fastreid.engine.hooks import EvalHook, PeriodicCheckpointer
+    guard = NonFiniteGuard(advice)
     savers = [i for i, hook in enumerate(hook_list) if isinstance(hook, (EvalHook, PeriodicCheckpointer))]
-    return hook_list[:savers[0]] + [NonFiniteGuard()] + hook_list[savers[0]:] if savers else \
-        hook_list + [NonFiniteGuard()]
+    return hook_list[:savers[0]] + [guard] + hook_list[savers[0]:] if savers else hook_list + [guard]

@@ -31,6 +31,7 @@ from ..checkpoint import atomic_torch_save, trusted_torch_load
 from ..modeling.meta_arch.prompt_learning import CLIPPromptLearning  # noqa: F401  (registers the meta-arch)
 from ..text_prototypes import identity_keys, save_text_prototypes
 from .defaults import apply_dataset_root, dataset_root
+from .nan_guard import NonFiniteWeightsError, with_non_finite_guard
 
 logger = logging.getLogger("fastreid.dpmpp.stage1")
 
@@ -44,6 +45,10 @@ __all__ = [
 STAGE1_SUBDIR = "stage1"
 FEATURE_CACHE_FILE = "image_features.pth"
 WRITER_PERIOD = 200  # iterations, as fast-reid's DefaultTrainer
+NON_FINITE_ADVICE = ("Lower STAGE1.BASE_LR (or raise STAGE1.WARMUP_EPOCHS) and run tools/train_stage1.py again "
+                     "without --resume (--resume restores the learning rate stored in the checkpoint; the image "
+                     "features are cached, so a new run is quick). The text-prototype file (STAGE1.OUTPUT) is "
+                     "written only when Stage I ends with finite weights.")
 
 
 # ----------------------------------------------------------------------------- paths and config
@@ -294,7 +299,8 @@ class Stage1Trainer(TrainerBase):
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
             ret.append(hooks.PeriodicWriter(self.build_writers(), WRITER_PERIOD))
-        return ret
+        # NaN / inf loss or weights: stop before the step is applied and before a checkpoint of them is written
+        return with_non_finite_guard(ret, advice=NON_FINITE_ADVICE)
 
     def build_writers(self):
         return [
@@ -324,5 +330,15 @@ class Stage1Trainer(TrainerBase):
         """T = text features of all identities in label order (Eq. 12), saved with C and the identity keys."""
         path = path or text_prototypes_path(self.cfg)
         if comm.is_main_process():
-            save_text_prototypes(path, self.model.all_text_features(), self.identities)
+            prototypes = self.model.all_text_features()
+            if not torch.isfinite(prototypes).all():
+                # a last step that diverged (finite but huge context: the guard's weight check passes) or a
+                # checkpoint written before the guard existed (--eval-only)
+                rows = (~torch.isfinite(prototypes)).any(dim=1).nonzero()[:, 0].tolist()
+                bad = [self.identities[i] for i in rows]
+                raise NonFiniteWeightsError(
+                    f"Stage I text prototypes of {len(bad)} of {len(self.identities)} identities are NaN or "
+                    f"infinite (e.g. {', '.join(bad[:5])}): {path} was not written. The prompt context (checkpoints "
+                    f"in {self.output_dir}) has diverged. {NON_FINITE_ADVICE}")
+            save_text_prototypes(path, prototypes, self.identities)
         return path
