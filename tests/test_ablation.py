@@ -8,7 +8,8 @@ import pytest
 
 import fastreid_dpmpp  # noqa: F401
 from fastreid_dpmpp.engine import ablation
-from fastreid_dpmpp.engine.ablation import (METRICS, TABLES, TEST_SETS, RunSpec, markdown_table, missing_runs,
+from fastreid_dpmpp.engine.ablation import (METRICS, TABLES, TEST_SETS, RunSpec, finished_runs, markdown_table,
+                                            missing_runs,
                                             plan_runs, read_final_metrics, run_ablation, summarise)
 from fastreid_dpmpp.engine.defaults import load_config
 
@@ -116,6 +117,7 @@ def test_run_ablation_hands_over_stages_reuses_results_and_survives_a_failed_run
     assert opts[opts.index("SPT.SPS_WEIGHTS") + 1] == str(tmp_path / "stages" / "seed1" / "stage2" / "sps_final.pth")
     assert opts[opts.index("MODEL.DPMPP.TEXT_PROTOTYPES") + 1].startswith(str(tmp_path / "stages" / "seed1" / "stage1"))
     assert missing_runs("VII", results, [0, 1]) == ["clip/spt_no_rea/seed1"]
+    assert finished_runs(["VII"], [0, 1], str(tmp_path)) == results
 
     fail.clear()
     calls.clear()

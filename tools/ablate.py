@@ -19,7 +19,8 @@ from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.checkpoint import atomic_write_text
 from fastreid_dpmpp.data.synthetic import ensure_synthetic_benchmark
-from fastreid_dpmpp.engine.ablation import TABLES, markdown_table, missing_runs, plot_table, run_ablation, summarise
+from fastreid_dpmpp.engine.ablation import (TABLES, finished_runs, markdown_table, missing_runs, plot_table, run_ablation,
+                                            summarise)
 
 
 def parse_args(argv=None):
@@ -31,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", default=None, help="default: <output-dir>/datasets (written if missing)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic benchmark (fixed across runs)")
     parser.add_argument("--report-dir", default=None, help="where the tables / plots go (default: --output-dir)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the tables whose runs have all finished, list what is missing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs added to every run (e.g. smaller budgets)")
     return parser.parse_args(argv)
 
@@ -40,6 +43,15 @@ def split_threads(jobs):
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     return int(os.environ["OMP_NUM_THREADS"])
+
+
+def report_header(args, argv, threads, seconds, results):
+    command = "python tools/ablate.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    compute = sum(r["train_seconds"] for r in results.values())
+    action = "Report only (nothing trained); wall time" if args.report_only else "Wall time"
+    return (f"Command: `{command}`  \n{action} of this invocation: {seconds / 60:.1f} min ({args.jobs} job(s) x "
+            f"{threads} thread(s)); training time summed over the runs of these tables, as recorded when each was "
+            f"trained: {compute / 60:.1f} min.\n")
 
 
 def write_reports(tables, results, seeds, report_dir, header):
@@ -67,16 +79,14 @@ def main(argv=None):
     start = time.time()
     threads = split_threads(args.jobs)
     out = os.path.abspath(args.output_dir)
-    root = os.path.abspath(args.data_root or os.path.join(out, "datasets"))
-    if ensure_synthetic_benchmark(root, seed=args.data_seed):
-        logger.info("synthetic benchmark written to %s", root)
-    opts = ["DATASETS.ROOT", root] + list(args.opts)
-    results = run_ablation(args.table, args.seeds, out, opts, num_jobs=args.jobs)
-    compute = sum(r["train_seconds"] for r in results.values())
-    command = "python tools/ablate.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    header = (f"Command: `{command}`  \nWall time of this invocation: {(time.time() - start) / 60:.1f} min "
-              f"({args.jobs} job(s) x {threads} thread(s)); training time summed over all runs of these tables, as recorded when each was trained: "
-              f"{compute / 60:.1f} min.\n")
+    if args.report_only:
+        results = finished_runs(args.table, args.seeds, out)
+    else:
+        root = os.path.abspath(args.data_root or os.path.join(out, "datasets"))
+        if ensure_synthetic_benchmark(root, seed=args.data_seed):
+            logger.info("synthetic benchmark written to %s", root)
+        results = run_ablation(args.table, args.seeds, out, ["DATASETS.ROOT", root] + list(args.opts), args.jobs)
+    header = report_header(args, argv, threads, time.time() - start, results)
     return 1 if write_reports(args.table, results, args.seeds, os.path.abspath(args.report_dir or out), header) else 0
 
 

@@ -29,7 +29,7 @@ from .pipeline import Stage, plan_stages, run_stage
 from .trainer import EVAL_RESULTS_FILE
 
 __all__ = ["Row", "Table", "TABLES", "BACKBONES", "TEST_SETS", "METRICS", "RunSpec", "plan_runs",
-           "read_final_metrics", "missing_runs", "summarise", "markdown_table", "plot_table", "run_ablation"]
+           "read_final_metrics", "finished_runs", "missing_runs", "summarise", "markdown_table", "plot_table", "run_ablation"]
 
 logger = logging.getLogger("fastreid.dpmpp.ablation")
 
@@ -205,6 +205,17 @@ def _prepare_stages(seeds, root, opts, need_stage1, need_stage2, num_jobs):
     return stage_dirs
 
 
+def finished_runs(tables, seeds, root):
+    """{run name: result dict} of the runs of these tables that have a ``result.json`` (nothing is trained)."""
+    results = {}
+    for spec in plan_runs(tables, seeds):
+        path = _result_path(spec, os.path.abspath(root))
+        if os.path.isfile(path):
+            with open(path) as f:
+                results[spec.name] = json.load(f)
+    return results
+
+
 def run_ablation(tables, seeds, root, opts=(), num_jobs=1):
     """Train every run the tables need (reusing finished ones); returns {run name: result dict}."""
     runs = plan_runs(tables, seeds)
@@ -212,11 +223,9 @@ def run_ablation(tables, seeds, root, opts=(), num_jobs=1):
     root = os.path.abspath(root)
     stage_dirs = _prepare_stages(seeds, root, opts, any(r.backbone == "clip" for r in runs),
                                  _needs_stage2(runs, opts), num_jobs)
-    results, jobs = {}, []
+    results, jobs = finished_runs(tables, seeds, root), []
     for spec in runs:
-        if os.path.isfile(_result_path(spec, root)):
-            with open(_result_path(spec, root)) as f:
-                results[spec.name] = json.load(f)
+        if spec.name in results:
             continue
         jobs.append((spec.name, lambda spec=spec: _train_and_read(spec, root, _stage_opts(spec, stage_dirs, opts))))
     logger.info("Stage III: %d run(s) to train, %d reused, %d worker(s)", len(jobs), len(results), num_jobs)
