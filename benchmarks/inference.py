@@ -26,6 +26,7 @@ import fastreid_dpmpp.modeling.heads  # noqa: E402,F401
 import fastreid_dpmpp.modeling.meta_arch  # noqa: E402,F401
 from fastreid.modeling import build_model  # noqa: E402
 from fastreid_dpmpp.engine import load_config  # noqa: E402
+from _options import reduction_list  # noqa: E402  (benchmarks/_options.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DPMPP_CONFIG = "configs/Synthetic/dpmpp.yml"
@@ -39,17 +40,6 @@ def model_specs(reductions):
         specs["DPMPP" if r == 1 else f"DPMPP-r{r}"] = (DPMPP_CONFIG, ["MODEL.DPMPP.HMG_REDUCTION", str(r)])
     specs["DPMPP-nomask"] = (DPMPP_CONFIG, ["TEST.MASKED_MATCHING.ENABLED", "False"])
     return specs
-
-
-def reduction_list(text):
-    """'1,4,8' -> [1, 4, 8] (comma-separated, so that trailing KEY VALUE overrides stay unambiguous)."""
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hmg-reduction expects comma-separated integers, got {text!r}")
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"--hmg-reduction values must be distinct, got {text!r}")
-    return values
 
 
 def parse_args(argv=None):

@@ -28,22 +28,12 @@ from fastreid.modeling import build_model  # noqa: E402
 from fastreid.solver.build import build_optimizer  # noqa: E402
 from fastreid.utils.events import EventStorage  # noqa: E402
 from fastreid_dpmpp.engine import load_config  # noqa: E402
+from _options import reduction_list  # noqa: E402  (benchmarks/_options.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = ("CLIPBaseline", "configs/Synthetic/clip_baseline.yml", [])
 DPMPP_CONFIG = "configs/Synthetic/dpmpp.yml"
 NUM_CLASSES, NUM_INSTANCES = 64, 4
-
-
-def reduction_list(text):
-    """'1,4,8' -> [1, 4, 8] (comma-separated, so that trailing KEY VALUE overrides stay unambiguous)."""
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hmg-reduction expects comma-separated integers, got {text!r}")
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"--hmg-reduction values must be distinct, got {text!r}")
-    return values
 
 
 def parse_args(argv=None):

@@ -153,13 +153,21 @@ class DistanceReidEvaluator(ReidEvaluator):
             return predictions if comm.is_main_process() else None
         return self._predictions
 
-    def evaluate(self):
+    def _gathered_arrays(self):
+        """(features, pids, camids) of every process's images in dataset order, on rank 0; None elsewhere."""
         predictions = self._gathered_predictions()
         if predictions is None:
-            return {}
+            return None
         features = torch.cat([p["feats"] for p in predictions], dim=0)
         pids = torch.cat([p["pids"] for p in predictions], dim=0).numpy()
         camids = torch.cat([p["camids"] for p in predictions], dim=0).numpy()
+        return features, pids, camids
+
+    def evaluate(self):
+        gathered = self._gathered_arrays()
+        if gathered is None:
+            return {}
+        features, pids, camids = gathered
         nq = self._num_query
         dist = self.query_gallery_distance(features[:nq], features[nq:])
         self._results = self._ranking_results(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
@@ -241,12 +249,10 @@ class MaskedReidEvaluator(DistanceReidEvaluator):
     def evaluate(self):
         if self.candidates <= 0:
             return super().evaluate()
-        predictions = self._gathered_predictions()
-        if predictions is None:
+        gathered = self._gathered_arrays()
+        if gathered is None:
             return {}
-        features = torch.cat([p["feats"] for p in predictions], dim=0)
-        pids = torch.cat([p["pids"] for p in predictions], dim=0).numpy()
-        camids = torch.cat([p["camids"] for p in predictions], dim=0).numpy()
+        features, pids, camids = gathered
         nq = self._num_query
         ranked = self.masked_candidate_ranking(features[:nq], features[nq:])
         self._results = self._truncated_ranking_results(ranked, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
