@@ -8,7 +8,8 @@ import pytest
 
 import fastreid_dpmpp  # noqa: F401
 from fastreid_dpmpp.engine import ablation
-from fastreid_dpmpp.engine.ablation import (METRICS, TABLES, TEST_SETS, RunSpec, finished_runs, markdown_table,
+from fastreid_dpmpp.engine.ablation import (METRICS, TABLES, TEST_SETS, RunSpec, chance_metrics, finished_runs,
+                                            markdown_table,
                                             missing_runs,
                                             plan_runs, read_final_metrics, run_ablation, summarise)
 from fastreid_dpmpp.engine.defaults import load_config
@@ -140,6 +141,9 @@ def test_summary_and_markdown_give_mean_and_sample_std_over_seeds():
     line = next(l for l in text.splitlines() if "vanilla ViT" in l and "| +SPT " in l)
     assert line.split("|")[6].strip() == expected
     assert "3 seed(s)" in text
+    chance = {test: {m: [1.0, 2.0, 6.0] for m in METRICS} for test in TEST_SETS}
+    first = markdown_table("III", summary, seeds, chance).splitlines()[4]
+    assert "random ranking (chance)" in first and first.count("3.0 ± 2.6") == 2 * len(METRICS)
     with pytest.raises(KeyError, match="clip/full/seed2"):
         summarise("III", {k: v for k, v in results.items() if k != "clip/full/seed2"}, seeds)
 
@@ -151,3 +155,25 @@ def test_read_final_metrics_names_the_file_and_what_is_missing(tmp_path):
     path.write_text(json.dumps({"OccludedDuke": {m: 1.0 for m in METRICS}}))
     with pytest.raises(ValueError, match="OccludedDukeHolisticQuery/Rank-1"):
         read_final_metrics(str(path))
+
+
+def test_chance_level_rank1_matches_its_closed_form(data_root):
+    """Under a random ranking, a query's first valid gallery item is one of its n true matches with probability
+    n / (number of valid gallery items): the expected Rank-1 is the mean of that ratio over queries with a match."""
+    from fastreid.data.datasets import DATASET_REGISTRY
+    draws = 400
+    chance = chance_metrics(data_root, draws=draws, seed=1)
+    dataset = DATASET_REGISTRY.get("OccludedDuke")(root=data_root)
+    ratios = []
+    for _, pid, cam in dataset.query:
+        valid = [(p, c) for _, p, c in dataset.gallery if not (p == pid and c == cam)]
+        matches = sum(p == pid for p, _ in valid)
+        if matches:
+            ratios.append(matches / len(valid))
+    expected = 100.0 * np.mean(ratios)
+    rank1 = np.asarray(chance["OccludedDuke"]["Rank-1"])
+    assert rank1.shape == (draws,)
+    assert abs(rank1.mean() - expected) < 4 * rank1.std() / np.sqrt(draws) + 1e-9
+    for test in TEST_SETS:
+        values = {m: np.mean(chance[test][m]) for m in METRICS}
+        assert values["Rank-1"] <= values["Rank-5"] <= values["Rank-10"] <= 100.0 and 0.0 < values["mAP"] < 100.0

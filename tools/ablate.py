@@ -19,8 +19,8 @@ from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.checkpoint import atomic_write_text
 from fastreid_dpmpp.data.synthetic import ensure_synthetic_benchmark
-from fastreid_dpmpp.engine.ablation import (TABLES, finished_runs, markdown_table, missing_runs, plot_table, run_ablation,
-                                            summarise)
+from fastreid_dpmpp.engine.ablation import (TABLES, chance_metrics, finished_runs, markdown_table, missing_runs,
+                                            plot_table, run_ablation, summarise)
 
 
 def parse_args(argv=None):
@@ -54,7 +54,7 @@ def report_header(args, argv, threads, seconds, results):
             f"trained: {compute / 60:.1f} min.\n")
 
 
-def write_reports(tables, results, seeds, report_dir, header):
+def write_reports(tables, results, seeds, report_dir, header, chance=None):
     os.makedirs(report_dir, exist_ok=True)
     incomplete = 0
     for key in tables:
@@ -65,7 +65,7 @@ def write_reports(tables, results, seeds, report_dir, header):
             incomplete += 1
             continue
         summary = summarise(key, results, seeds)
-        text = markdown_table(key, summary, seeds)
+        text = markdown_table(key, summary, seeds, chance)
         atomic_write_text(header + "\n" + text, os.path.join(report_dir, f"table_{key}.md"))
         atomic_write_text(json.dumps(summary, indent=2), os.path.join(report_dir, f"table_{key}.json"))
         plot_table(key, summary, os.path.join(report_dir, f"table_{key}.png"))
@@ -79,15 +79,17 @@ def main(argv=None):
     start = time.time()
     threads = split_threads(args.jobs)
     out = os.path.abspath(args.output_dir)
+    root = os.path.abspath(args.data_root or os.path.join(out, "datasets"))
     if args.report_only:
         results = finished_runs(args.table, args.seeds, out)
     else:
-        root = os.path.abspath(args.data_root or os.path.join(out, "datasets"))
         if ensure_synthetic_benchmark(root, seed=args.data_seed):
             logger.info("synthetic benchmark written to %s", root)
         results = run_ablation(args.table, args.seeds, out, ["DATASETS.ROOT", root] + list(args.opts), args.jobs)
     header = report_header(args, argv, threads, time.time() - start, results)
-    return 1 if write_reports(args.table, results, args.seeds, os.path.abspath(args.report_dir or out), header) else 0
+    chance = chance_metrics(root)
+    incomplete = write_reports(args.table, results, args.seeds, os.path.abspath(args.report_dir or out), header, chance)
+    return 1 if incomplete else 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from .pipeline import Stage, plan_stages, run_stage
 from .trainer import EVAL_RESULTS_FILE
 
 __all__ = ["Row", "Table", "TABLES", "BACKBONES", "TEST_SETS", "METRICS", "RunSpec", "plan_runs",
-           "read_final_metrics", "finished_runs", "missing_runs", "summarise", "markdown_table", "plot_table", "run_ablation"]
+           "read_final_metrics", "finished_runs", "missing_runs", "summarise", "chance_metrics", "markdown_table", "plot_table", "run_ablation"]
 
 logger = logging.getLogger("fastreid.dpmpp.ablation")
 
@@ -258,20 +258,45 @@ def summarise(table_key, results, seeds):
     return summary
 
 
+def chance_metrics(data_root, draws=200, seed=0):
+    """{test set: {metric: [value per draw]}} of random rankings of each test set's gallery (fast-reid's
+    evaluate_rank with fast-reid's exclusions): the level a model that learned nothing reaches."""
+    from fastreid.data.datasets import DATASET_REGISTRY
+    from fastreid.evaluation.rank import evaluate_rank
+
+    rng = np.random.default_rng(seed)
+    chance = {}
+    for name in TEST_SETS:
+        dataset = DATASET_REGISTRY.get(name)(root=data_root)
+        q_pids, q_cams = (np.array([item[i] for item in dataset.query]) for i in (1, 2))
+        g_pids, g_cams = (np.array([item[i] for item in dataset.gallery]) for i in (1, 2))
+        values = {m: [] for m in METRICS}
+        for _ in range(draws):
+            cmc, aps, _ = evaluate_rank(rng.random((len(q_pids), len(g_pids))), q_pids, g_pids, q_cams, g_cams,
+                                        max_rank=10, use_cython=False)
+            for metric, value in zip(METRICS, (cmc[0], cmc[4], cmc[9], np.mean(aps))):
+                values[metric].append(100.0 * value)
+        chance[name] = values
+    return chance
+
+
 def _mean_std(values):
     values = np.asarray(values, dtype=float)
     std = values.std(ddof=1) if values.size > 1 else 0.0
     return f"{values.mean():.1f} ± {std:.1f}"
 
 
-def markdown_table(table_key, summary, seeds):
-    """The table in GitHub markdown: mean ± std (sample std over seeds) per metric, occluded then holistic."""
+def markdown_table(table_key, summary, seeds, chance=None):
+    """The table in GitHub markdown: mean ± std (sample std over seeds) per metric, occluded then holistic;
+    ``chance`` (``chance_metrics``) adds a first row with the random-ranking level (mean ± std over draws)."""
     from tabulate import tabulate
     headers = ["backbone", "row"] + [f"{m} ({'occ.' if test == 'OccludedDuke' else 'hol.'})"
                                      for test in TEST_SETS for m in METRICS]
-    body = [[BACKBONES[backbone], row["label"]] + [_mean_std(row["values"][test][m])
-                                                    for test in TEST_SETS for m in METRICS]
-            for backbone, rows in summary.items() for row in rows]
+    body = [["–", "random ranking (chance)"] + [_mean_std(chance[test][m]) for test in TEST_SETS for m in METRICS]
+            ] if chance else []
+    body += [[BACKBONES[backbone], row["label"]] + [_mean_std(row["values"][test][m])
+                                                     for test in TEST_SETS for m in METRICS]
+             for backbone, rows in summary.items() for row in rows]
     title = f"Table {table_key}: {TABLES[table_key].title}, mean ± std over {len(seeds)} seed(s) {list(seeds)} (%)"
     return f"{title}\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
 
