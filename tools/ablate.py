@@ -68,7 +68,7 @@ def write_reports(tables, results, seeds, report_dir, header, chance=None):
         text = markdown_table(key, summary, seeds, chance)
         atomic_write_text(header + "\n" + text, os.path.join(report_dir, f"table_{key}.md"))
         atomic_write_text(json.dumps(summary, indent=2), os.path.join(report_dir, f"table_{key}.json"))
-        plot_table(key, summary, os.path.join(report_dir, f"table_{key}.png"))
+        plot_table(key, summary, os.path.join(report_dir, f"table_{key}.png"), chance)
         print("\n" + text, flush=True)
     return incomplete
 

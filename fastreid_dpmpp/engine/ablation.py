@@ -301,8 +301,9 @@ def markdown_table(table_key, summary, seeds, chance=None):
     return f"{title}\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
 
 
-def plot_table(table_key, summary, path):
-    """mAP and Rank-1 per row (mean ± std, seeds as dots), occluded vs holistic queries, one panel per backbone."""
+def plot_table(table_key, summary, path, chance=None):
+    """mAP and Rank-1 per row (mean ± std, seeds as dots), occluded vs holistic queries, one panel per backbone;
+    a dashed line at the random-ranking level when ``chance`` is given."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -319,6 +320,9 @@ def plot_table(table_key, summary, path):
                     xerr=values.std(1, ddof=1) if values.shape[1] > 1 else None, label=TEST_SETS[test])
             for seed_values, y in zip(values, positions + offset):
                 ax.plot(seed_values, np.full_like(seed_values, y), "k.", markersize=3)
+        if chance:
+            ax.axvline(np.mean(chance["OccludedDuke"][metric]), color="k", linestyle="--", linewidth=1,
+                       label="random ranking")
         ax.set_yticks(positions, [row["label"] for row in rows])
         ax.invert_yaxis()
         ax.set_xlabel(f"{metric} (%)")
