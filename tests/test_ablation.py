@@ -177,3 +177,13 @@ def test_chance_level_rank1_matches_its_closed_form(data_root):
     for test in TEST_SETS:
         values = {m: np.mean(chance[test][m]) for m in METRICS}
         assert values["Rank-1"] <= values["Rank-5"] <= values["Rank-10"] <= 100.0 and 0.0 < values["mAP"] < 100.0
+
+
+def test_select_rows_restricts_a_table_and_names_what_exists():
+    from fastreid_dpmpp.engine.ablation import select_rows
+    table = select_rows("III", ["baseline.yml", "full.yml"], ["clip"])
+    assert [r.config for r in table.rows] == ["baseline.yml", "full.yml"] and table.backbones == ("clip",)
+    assert [r.name for r in plan_runs([table], [0])] == ["clip/baseline/seed0", "clip/full/seed0"]
+    assert select_rows("VII") == TABLES["VII"]
+    with pytest.raises(ValueError, match="spt_no_rea.yml"):
+        select_rows("III", ["nope.yml"])

@@ -20,12 +20,16 @@ from fastreid.utils.logger import setup_logger
 from fastreid_dpmpp.checkpoint import atomic_write_text
 from fastreid_dpmpp.data.synthetic import ensure_synthetic_benchmark
 from fastreid_dpmpp.engine.ablation import (TABLES, chance_metrics, finished_runs, markdown_table, missing_runs,
-                                            plot_table, run_ablation, summarise)
+                                            plot_table, run_ablation, select_rows, summarise)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", nargs="+", default=["III"], choices=sorted(TABLES), help="table(s) to run")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="FILE",
+                        help="only these row configs (e.g. baseline.yml full.yml); default: every row")
+    parser.add_argument("--backbones", nargs="+", default=None, choices=["clip", "vit"],
+                        help="only these backbones (Table III has both); default: every backbone of the table")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (CPU threads are split)")
     parser.add_argument("--output-dir", default="output/ablation")
@@ -57,18 +61,19 @@ def report_header(args, argv, threads, seconds, results):
 def write_reports(tables, results, seeds, report_dir, header, chance=None):
     os.makedirs(report_dir, exist_ok=True)
     incomplete = 0
-    for key in tables:
-        missing = missing_runs(key, results, seeds)
+    for table in tables:
+        key = table.key
+        missing = missing_runs(table, results, seeds)
         if missing:
             print(f"\nTable {key}: no report, {len(missing)} run(s) failed or missing: {missing} "
                   "(see their train.log; re-run the same command to retry them)", flush=True)
             incomplete += 1
             continue
-        summary = summarise(key, results, seeds)
-        text = markdown_table(key, summary, seeds, chance)
+        summary = summarise(table, results, seeds)
+        text = markdown_table(table, summary, seeds, chance)
         atomic_write_text(header + "\n" + text, os.path.join(report_dir, f"table_{key}.md"))
         atomic_write_text(json.dumps(summary, indent=2), os.path.join(report_dir, f"table_{key}.json"))
-        plot_table(key, summary, os.path.join(report_dir, f"table_{key}.png"), chance)
+        plot_table(table, summary, os.path.join(report_dir, f"table_{key}.png"), chance)
         print("\n" + text, flush=True)
     return incomplete
 
@@ -80,15 +85,16 @@ def main(argv=None):
     threads = split_threads(args.jobs)
     out = os.path.abspath(args.output_dir)
     root = os.path.abspath(args.data_root or os.path.join(out, "datasets"))
+    tables = [select_rows(key, args.rows, args.backbones) for key in args.table]
     if args.report_only:
-        results = finished_runs(args.table, args.seeds, out)
+        results = finished_runs(tables, args.seeds, out)
     else:
         if ensure_synthetic_benchmark(root, seed=args.data_seed):
             logger.info("synthetic benchmark written to %s", root)
-        results = run_ablation(args.table, args.seeds, out, ["DATASETS.ROOT", root] + list(args.opts), args.jobs)
+        results = run_ablation(tables, args.seeds, out, ["DATASETS.ROOT", root] + list(args.opts), args.jobs)
     header = report_header(args, argv, threads, time.time() - start, results)
     chance = chance_metrics(root)
-    incomplete = write_reports(args.table, results, args.seeds, os.path.abspath(args.report_dir or out), header, chance)
+    incomplete = write_reports(tables, results, args.seeds, os.path.abspath(args.report_dir or out), header, chance)
     return 1 if incomplete else 0
 
 

@@ -28,7 +28,7 @@ from .defaults import load_config
 from .pipeline import Stage, plan_stages, run_stage
 from .trainer import EVAL_RESULTS_FILE
 
-__all__ = ["Row", "Table", "TABLES", "BACKBONES", "TEST_SETS", "METRICS", "RunSpec", "plan_runs",
+__all__ = ["Row", "Table", "TABLES", "as_table", "select_rows", "BACKBONES", "TEST_SETS", "METRICS", "RunSpec", "plan_runs",
            "read_final_metrics", "finished_runs", "missing_runs", "summarise", "chance_metrics", "markdown_table", "plot_table", "run_ablation"]
 
 logger = logging.getLogger("fastreid.dpmpp.ablation")
@@ -105,14 +105,30 @@ class RunSpec:
         return os.path.join(root, self.name)
 
 
+def as_table(table):
+    """A Table, or the Table of a key of TABLES ("III", "IV", "VI", "VII")."""
+    if isinstance(table, Table):
+        return table
+    if table not in TABLES:
+        raise ValueError(f"ablation: unknown table {table!r}; choose from {sorted(TABLES)}")
+    return TABLES[table]
+
+
+def select_rows(table, configs=None, backbones=None):
+    """The table restricted to some row configs (file names) and / or backbones (e.g. a longer-budget subset)."""
+    table = as_table(table)
+    rows = tuple(r for r in table.rows if not configs or r.config in configs)
+    chosen = tuple(b for b in table.backbones if not backbones or b in backbones)
+    if not rows or not chosen:
+        raise ValueError(f"ablation: table {table.key} has no row in {configs} for backbone(s) {backbones} "
+                         f"(rows: {[r.config for r in table.rows]}, backbones: {list(table.backbones)})")
+    return Table(table.key, table.title, rows, chosen)
+
+
 def plan_runs(tables, seeds):
     """The distinct Stage III runs the tables need, in a stable order (a row shared by tables appears once)."""
-    unknown = [t for t in tables if t not in TABLES]
-    if unknown:
-        raise ValueError(f"ablation: unknown table(s) {unknown}; choose from {sorted(TABLES)}")
     runs = []
-    for key in tables:  # table by table, so that the first table is complete first
-        table = TABLES[key]
+    for table in map(as_table, tables):  # table by table, so that the first table is complete first
         for seed in seeds:
             for backbone in table.backbones:
                 for row in table.rows:
@@ -234,16 +250,16 @@ def run_ablation(tables, seeds, root, opts=(), num_jobs=1):
     return results
 
 
-def missing_runs(table_key, results, seeds):
+def missing_runs(table, results, seeds):
     """Names of the runs of a table that have no result (failed or not run)."""
-    table = TABLES[table_key]
+    table = as_table(table)
     return [RunSpec(b, row.config, int(s)).name for s in seeds for b in table.backbones for row in table.rows
             if RunSpec(b, row.config, int(s)).name not in results]
 
 
-def summarise(table_key, results, seeds):
+def summarise(table, results, seeds):
     """{backbone: [{"label", "config", "values": {test set: {metric: [per-seed values]}}}]} for one table."""
-    table = TABLES[table_key]
+    table = as_table(table)
     summary = {}
     for backbone in table.backbones:
         rows = []
@@ -251,7 +267,7 @@ def summarise(table_key, results, seeds):
             names = [RunSpec(backbone, row.config, int(s)).name for s in seeds]
             missing = [n for n in names if n not in results]
             if missing:
-                raise KeyError(f"ablation: table {table_key} needs run(s) {missing} that have no result")
+                raise KeyError(f"ablation: table {table.key} needs run(s) {missing} that have no result")
             values = {test: {m: [results[n]["metrics"][test][m] for n in names] for m in METRICS} for test in TEST_SETS}
             rows.append({"label": row.label, "config": f"{backbone}/{row.config}", "values": values})
         summary[backbone] = rows
@@ -286,7 +302,7 @@ def _mean_std(values):
     return f"{values.mean():.1f} ± {std:.1f}"
 
 
-def markdown_table(table_key, summary, seeds, chance=None):
+def markdown_table(table, summary, seeds, chance=None):
     """The table in GitHub markdown: mean ± std (sample std over seeds) per metric, occluded then holistic;
     ``chance`` (``chance_metrics``) adds a first row with the random-ranking level (mean ± std over draws)."""
     from tabulate import tabulate
@@ -297,19 +313,21 @@ def markdown_table(table_key, summary, seeds, chance=None):
     body += [[BACKBONES[backbone], row["label"]] + [_mean_std(row["values"][test][m])
                                                      for test in TEST_SETS for m in METRICS]
              for backbone, rows in summary.items() for row in rows]
-    title = f"Table {table_key}: {TABLES[table_key].title}, mean ± std over {len(seeds)} seed(s) {list(seeds)} (%)"
+    table = as_table(table)
+    title = f"Table {table.key}: {table.title}, mean ± std over {len(seeds)} seed(s) {list(seeds)} (%)"
     return f"{title}\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
 
 
-def plot_table(table_key, summary, path, chance=None):
+def plot_table(table, summary, path, chance=None):
     """mAP and Rank-1 per row (mean ± std, seeds as dots), occluded vs holistic queries, one panel per backbone;
     a dashed line at the random-ranking level when ``chance`` is given."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    table = as_table(table)
     panels = [(backbone, metric) for backbone in summary for metric in ("mAP", "Rank-1")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(TABLES[table_key].rows) + 1.6),
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(table.rows) + 1.6),
                                 sharey=True, squeeze=False)
     for ax, (backbone, metric) in zip(axes[0], panels):
         rows = summary[backbone]
@@ -329,7 +347,7 @@ def plot_table(table_key, summary, path, chance=None):
         ax.set_title(f"{BACKBONES[backbone]}: {metric}")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].legend(loc="lower right", fontsize=8)
-    figure.suptitle(f"Table {table_key}: {TABLES[table_key].title} (synthetic benchmark)")
+    figure.suptitle(f"Table {table.key}: {table.title} (synthetic benchmark)")
     figure.tight_layout()
     temporary = path + ".tmp.png"
     figure.savefig(temporary, dpi=90)
