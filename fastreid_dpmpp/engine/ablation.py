@@ -346,9 +346,10 @@ def plot_table(table, summary, path, chance=None):
         ax.set_xlabel(f"{metric} (%)")
         ax.set_title(f"{BACKBONES[backbone]}: {metric}")
         ax.grid(axis="x", alpha=0.3)
-    axes[0][0].legend(loc="lower right", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     figure.suptitle(f"Table {table.key}: {table.title} (synthetic benchmark)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     temporary = path + ".tmp.png"
     figure.savefig(temporary, dpi=90)
     plt.close(figure)
