@@ -112,6 +112,17 @@ def _train_recording_the_evaluation(args, dump_path):
     train_or_evaluate(args)
 
 
+def _random_sps_checkpoint(config, path):
+    """A Stage II artifact (SPS model state dict) for the tiny model, random weights: enough for SPT to run."""
+    from fastreid.modeling import build_model
+
+    from fastreid_dpmpp.engine.defaults import load_config
+    sps = build_model(load_config(config, [str(a) for a in TINY_MODEL] + [
+        "MODEL.META_ARCHITECTURE", "SPSModel", "MODEL.HEADS.NUM_CLASSES", "4", "MODEL.VIT.NUM_CAMERAS", "8"]))
+    torch.save({"model": sps.state_dict()}, path)
+    return path
+
+
 def _contiguous_shards(num_images, world_size):
     """Rank of each image under fast-reid's InferenceSampler: rank r takes images [r·s, (r+1)·s), s = ceil(N / W)."""
     shard = -(-num_images // world_size)
@@ -127,13 +138,21 @@ def test_two_process_training_and_evaluation_match_one_process(data_root, tmp_pa
 
     def parse(*flags_then_options):  # as tools/train_net.py parses its command line
         return default_argument_parser().parse_args(
-            [str(a) for a in ["--config-file", config, *flags_then_options, *TINY_MODEL, "DATASETS.ROOT", data_root]])
+            [str(a) for a in ["--config-file", config, *flags_then_options, *TINY_MODEL, "DATASETS.ROOT", data_root,
+                              "MODEL.VIT.NUM_CAMERAS", 8]])
 
     # 2 processes x 8 images = the 16-image batch; 2 iterations, 1 epoch, evaluated on the 2 processes at its end.
     # Launched from here as tools/train_net.py launches its main (--num-gpus 2), without a third interpreter.
-    two = parse("--num-gpus", 2, "OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", 1, "TEST.EVAL_PERIOD", 1)
+    # SPT is on: every process loads the frozen SPS model of a (random) Stage II checkpoint.
+    sps_weights = _random_sps_checkpoint(config, tmp_path / "sps_final.pth")
+    two = parse("--num-gpus", 2, "OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", 1, "TEST.EVAL_PERIOD", 1,
+                "SPT.ENABLED", True, "SPT.SPS_WEIGHTS", sps_weights, "SPT.PROB", 1.0, "SPT.ALPHA", 0.0, "SPT.BETA", 0.0)
     launch(_train_recording_the_evaluation, two.num_gpus, dist_url="auto", args=(two, str(tmp_path / "two.npz")))
     assert (out / "model_final.pth").is_file()
+    logged = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert logged and all(record["spt_fraction"] > 0 for record in logged)  # SPT synthesised under DDP
+    saved = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert not any(key.startswith("spt") or ".sps" in key for key in saved)  # the frozen SPS model is not saved
 
     _record_evaluations(str(tmp_path / "one.npz"), monkeypatch.setattr)
     train_or_evaluate(parse("--eval-only", "MODEL.WEIGHTS", out / "model_final.pth", "OUTPUT_DIR", tmp_path / "one"))
