@@ -244,3 +244,19 @@ def test_train_net_with_spt_logs_statistics_draws_samples_and_keeps_sps_out(data
     saved = trusted_torch_load(os.path.join(output, "model_final.pth"))["model"]
     reid = build("CLIPBaseline", "MODEL.HEADS.NUM_CLASSES", 8)
     assert set(saved) == set(reid.state_dict())        # the frozen SPS model is not part of the ReID checkpoint
+
+
+def test_partner_share_check_warns_once_when_synthesised_images_are_mostly_the_partner():
+    from fastreid_dpmpp.engine.spt_hook import PartnerShareCheck
+    check = PartnerShareCheck(limit=0.8, steps=3)
+    idle = {"spt_fraction": 0.0, "spt_transferred_fraction": 0.0}
+    assert check.update(idle) is None and check.shares == []          # iterations without synthesis do not count
+    assert check.update({"spt_fraction": 0.2, "spt_transferred_fraction": 0.9}) is None
+    assert check.update({"spt_fraction": 0.2, "spt_transferred_fraction": 0.7}) is None
+    message = check.update({"spt_fraction": 0.1, "spt_transferred_fraction": 0.95})  # mean 0.85 > 0.8
+    assert message is not None and "85 %" in message and "SPT.SPS_WEIGHTS" in message
+    assert check.update({"spt_fraction": 0.1, "spt_transferred_fraction": 1.0}) is None   # once only
+
+    quiet = PartnerShareCheck(limit=0.8, steps=2)
+    quiet.update({"spt_fraction": 0.5, "spt_transferred_fraction": 0.5})
+    assert quiet.update({"spt_fraction": 0.5, "spt_transferred_fraction": 0.6}) is None and quiet.done

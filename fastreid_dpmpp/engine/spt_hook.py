@@ -106,6 +106,34 @@ def load_frozen_sps_model(cfg, path=None, key="SPT.SPS_WEIGHTS"):
     return freeze_model(model)
 
 
+class PartnerShareCheck:
+    """Warns once when, over the first ``steps`` iterations that synthesise, the synthesised images take on average
+    more than ``limit`` of their patches from the partner: the SPS masks then keep only a few (often background)
+    patches and SPT mostly relabels another identity's image — label noise (docs/ABLATION.md: every SPT row fell
+    below the baseline for that reason with a 4-epoch Stage II)."""
+
+    def __init__(self, limit=0.8, steps=20):
+        self.limit, self.steps = float(limit), int(steps)
+        self.shares = []
+        self.done = False
+
+    def update(self, stats):
+        """Feed one iteration's SPT statistics; returns the warning text once, when it is due, else None."""
+        if self.done or stats.get("spt_fraction", 0.0) <= 0.0:
+            return None
+        self.shares.append(float(stats["spt_transferred_fraction"]))
+        if len(self.shares) < self.steps:
+            return None
+        self.done = True
+        mean = sum(self.shares) / len(self.shares)
+        if mean <= self.limit:
+            return None
+        return (f"SPT: over the first {len(self.shares)} synthesising iterations, {100 * mean:.0f} % of a synthesised "
+                f"image's patches came from its partner (spt_transferred_fraction): the SPS model "
+                f"(SPT.SPS_WEIGHTS) marks only a few patches as salient, so SPT mostly hands the anchor's label to "
+                f"another identity's image. Train Stage II longer, or check its masks in spt_samples_iter*.png.")
+
+
 class SPTHook(HookBase):
     """Loads the frozen SPS model, attaches the synthesiser, logs statistics and draws pictures (SPEC §4)."""
 
@@ -125,6 +153,7 @@ class SPTHook(HookBase):
         self.sps_model = load_frozen_sps_model(cfg)
         self.synthesizer = None
         self._first_step_done = False
+        self._partner_share = PartnerShareCheck()
 
     def before_train(self):
         model = unwrap_model(self.trainer.model)
@@ -140,6 +169,9 @@ class SPTHook(HookBase):
         if last is None:
             return
         self.trainer.storage.put_scalars(**last["stats"])
+        warning = self._partner_share.update(last["stats"])
+        if warning and comm.is_main_process():
+            logger.warning(warning)
         if comm.is_main_process() and self._picture_due():
             self._write_picture()
         self._first_step_done = True
