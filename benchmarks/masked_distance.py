@@ -26,8 +26,7 @@ import torch  # noqa: E402
 import fastreid_dpmpp  # noqa: E402,F401  (fast-reid fixes first)
 from fastreid.utils.compute_dist import build_dist  # noqa: E402
 from fastreid_dpmpp.evaluation.masked_matching import (  # noqa: E402
-    _prepare_query,
-    _similarity_to,
+    _query_masks,
     blocked_masked_distance,
     build_gallery_index,
     masked_search,
@@ -76,9 +75,9 @@ def per_query_loop(query, gallery, masks, masked_dims):
     squared_gallery = unit_gallery * unit_gallery
     result = np.empty((query.shape[0], gallery.shape[0]), dtype=np.float32)
     for i in range(query.shape[0]):
-        masked_query, squared_masks = _prepare_query(query[i:i + 1], masks[i:i + 1], masked_dims)
-        numerator = unit_gallery @ masked_query[0]
-        norm = (squared_gallery @ squared_masks[0]).clamp_min(1e-24).sqrt()
+        mask = _query_masks(query[i:i + 1], masks[i:i + 1], masked_dims)[0]
+        numerator = unit_gallery @ (torch.nn.functional.normalize(query[i].float(), dim=0) * mask)
+        norm = (squared_gallery @ (mask * mask)).clamp_min(1e-24).sqrt()
         result[i] = (1.0 - numerator / norm).cpu().numpy()
     return result
 

@@ -33,21 +33,28 @@ def add_dpmpp_config(cfg):
     _C.MODEL.VIT.TEXT_WIDTH = 0             # text transformer width
     _C.MODEL.VIT.TEXT_LAYERS = 0            # text transformer depth
     _C.MODEL.VIT.TEXT_HEADS = 0             # text transformer heads
-    _C.MODEL.VIT.WEIGHTS = ""               # local CLIP / ViT weights file; "" = random init (tests, demo)
+    _C.MODEL.VIT.WEIGHTS = ""               # local CLIP / ViT weights file; "" = random init
+    # (h, w) patch grid the weights' position table was trained on (resized to this model's grid);
+    # (0, 0) = infer: square if the row count is a square, else the factorisation closest to this grid's aspect
+    _C.MODEL.VIT.PRETRAIN_GRID = (0, 0)
     _C.MODEL.VIT.QUICK_GELU = True          # OpenAI CLIP weights were trained with QuickGELU
     _C.MODEL.VIT.SIE_ENABLED = True         # side-information (camera) embedding, Eq. 2
     _C.MODEL.VIT.SIE_MODE = "cls"           # "all" tokens (paper Eq. 2) or "cls" token only (CLIP-ReID) [pred]
+    _C.MODEL.VIT.SIE_AT_TEST = True         # add the camera embedding at test too (TransReID / CLIP-ReID) [pred]
     _C.MODEL.VIT.NUM_CAMERAS = 0            # rows of S; 0 = number of training cameras of the dataset
     _C.MODEL.VIT.TAPS = (2, 4, 10, 12)      # 1-based blocks whose patch tokens feed HMG / SPS [pred]
     _C.MODEL.BACKBONE.TAP_STAGES = (1, 2, 3, 4)  # CNN (build_tapped_resnet_backbone): ResNet stages feeding HMG
 
     # ---------------------------------------------------------------- DPM++ model (SPEC §5)
     _C.MODEL.DPMPP = CN()
-    _C.MODEL.DPMPP.DESCRIPTOR = "concat"    # test descriptor: "concat" = [v, v_p] (CLIP-ReID) or "cls" = v only
+    # test descriptor: "concat" = L2[v, v_p] (CLIP-ReID), "cls" = v, "bn_cls" = BN(v), "proj" = v_p,
+    # "concat_bn" = [L2 BN(v), L2 v_p] [ours]; masked matching acts on its v (or BN(v)) part
+    _C.MODEL.DPMPP.DESCRIPTOR = "concat"
     _C.MODEL.DPMPP.DPM_ENABLED = True       # mask-prototype branch (L_mask, masked matching) on/off
     _C.MODEL.DPMPP.HMG_ENABLED = True       # hierarchical mask generator; off = mask from the final feature map only
     _C.MODEL.DPMPP.HMG_GATES = (1, 1, 1, 1)  # g, one binary gate per tap (Eq. 20)
     _C.MODEL.DPMPP.HMG_REDUCTION = 1        # divide HMG's conv widths (2D, D, D) by r; 1 = SPEC, >1 = faster [ours]
+    _C.MODEL.DPMPP.HMG_POOL = "max"         # HMG global pooling: "max" (DPM's code) or "avg" (the paper's text)
     _C.MODEL.DPMPP.MASK_SIDE = "prototype"  # where m acts: "prototype" | "feature" | "both" (Table IV)
     _C.MODEL.DPMPP.MASK_BEFORE_NORM = True  # apply m before re-normalising (Eq. 10) or after (Table IV)
     _C.MODEL.DPMPP.MASKED_PROTOTYPE = "visual"  # which prototype is masked: "visual" (P) | "text" (T) | "none" (Table VI)
@@ -69,6 +76,14 @@ def add_dpmpp_config(cfg):
     _C.MODEL.LOSSES.HEM = CN()
     _C.MODEL.LOSSES.HEM.ENABLED = True      # Head Enrich Module (Eq. 18-19)
     _C.MODEL.LOSSES.HEM.SCALE = 0.1         # γ (0.01 for Occluded-REID)
+    _C.MODEL.LOSSES.HEM.REDUCTION = "mean"  # over the batch: "mean" (SPEC) or "sum" (DPM's code: γ in effect B x)
+    # Direct supervision of the mask [ours, not in the paper; modeling/mask_supervision.py]: BCE towards the channels
+    # an occlusion changes least, w.r.t. the clean SPT anchor ("spt_pairs") or the identity prototype ("prototype")
+    _C.MODEL.LOSSES.MASK_SUPERVISION = CN()
+    _C.MODEL.LOSSES.MASK_SUPERVISION.ENABLED = False
+    _C.MODEL.LOSSES.MASK_SUPERVISION.SOURCE = "spt_pairs"
+    _C.MODEL.LOSSES.MASK_SUPERVISION.SCALE = 1.0
+    _C.MODEL.LOSSES.MASK_SUPERVISION.KEEP = 0.5   # fraction of channels the target keeps
 
     # ---------------------------------------------------------------- Stage I: prompt learning (SPEC §2)
     _C.STAGE1 = CN()
@@ -101,6 +116,9 @@ def add_dpmpp_config(cfg):
     _C.SPT.ALPHA = 0.7                      # α, OIoU threshold [pred]
     _C.SPT.BETA = 0.7                       # β, rolled-score threshold [ours]
     _C.SPT.TOP_FRACTION = 0.1               # keep the top 10 % of the ranking as candidates
+    # partner guard [ours]: a candidate's salient area must be >= this x the anchor's (0 = SPEC, no guard);
+    # OIoU divides by the candidate's own area, so without it tiny partner masks score ~1 (label noise)
+    _C.SPT.MIN_PARTNER_AREA = 0.0
     _C.SPT.PROB = 0.5                       # p, probability of synthesising a sample [ours]
     _C.SPT.THRESHOLD = 0.5                  # binarisation of the SPS saliency
     _C.SPT.IGNORE_PARTNER = True            # candidate-identity ignoring in CE and triplet
@@ -114,6 +132,9 @@ def add_dpmpp_config(cfg):
     _C.TEST.MASKED_MATCHING = CN()
     _C.TEST.MASKED_MATCHING.ENABLED = True  # dynamic masked matching with the query's mask
     _C.TEST.MASKED_MATCHING.DISTANCE = "cosine"  # 1 - sim ("cosine") or arccos(sim) ("angular")
+    # where the query's mask acts at test: "gallery" = SPEC §6 (normalize(m ⊙ ĝ)); "training" = the Table IV
+    # placement of training (MODEL.DPMPP.MASK_SIDE / MASK_BEFORE_NORM, the gallery as the prototype) [ours]
+    _C.TEST.MASKED_MATCHING.PLACEMENT = "gallery"
     _C.TEST.MASKED_MATCHING.BLOCK_SIZE = 4096    # gallery rows per block
     # 0 = exhaustive (blocked) masked scores; K > 0 = FAISS finds K candidates per query, then exact masked
     # re-scoring of those only (galleries too large to score exhaustively) [ours]

@@ -38,7 +38,8 @@ logger = logging.getLogger("fastreid.dpmpp.data.synthetic")
 __all__ = [
     "LAYOUT_DIRS", "DEFAULT_LAYOUTS", "OCCLUDER_KINDS", "META_FILE",
     "make_synthetic_benchmark", "ensure_synthetic_benchmark", "make_preview", "load_meta",
-    "Appearance", "sample_appearance", "render_pedestrian_sample",
+    "Appearance", "sample_appearance", "render_pedestrian_sample", "BODY_PARTS", "make_camera",
+    "PALETTE_FIELDS", "palette_key", "palette_probability",
 ]
 
 LAYOUT_DIRS = {
@@ -56,7 +57,7 @@ COVERAGE_RANGE = (0.2, 0.6)
 
 # Independent random streams: SeedSequence([seed, stream, family, index]).
 _STREAM_IDENTITY, _STREAM_CAMERA, _STREAM_IMAGE, _STREAM_PLAN = 1, 2, 3, 4
-_FAMILY = {"duke": 1, "market": 2, "oreid": 3}
+_FAMILY = {"duke": 1, "market": 2, "oreid": 3, "corpus": 4}   # corpus: the CLIP pretraining images
 
 # ----------------------------------------------------------------------------- palettes (BGR)
 # Finite palettes on purpose: different identities share colours, so hiding a body part can remove
@@ -155,24 +156,35 @@ class Appearance:
                 for k, v in asdict(self).items() if not k.endswith("_bgr")}
 
 
+# Categorical distributions of the palette-level fields: (choices, probabilities or None = uniform).
+_HAIR_P = (0.4, 0.25, 0.15, 0.12, 0.08)
+_HAIR_STYLES = (("short", "long", "bald", "bun"), (0.55, 0.3, 0.05, 0.1))
+_SLEEVES = (("long", "short"), (0.6, 0.4))
+_LOWER_STYLES = (("trousers", "shorts", "skirt"), (0.72, 0.14, 0.14))
+_SHOE_P = (0.4, 0.25, 0.15, 0.12, 0.08)
+_ACCESSORY_P = {"hat": 0.22, "backpack": 0.3, "bag": 0.25}   # probability of carrying / wearing one
+PALETTE_FIELDS = ("skin", "hair", "hair_style", "upper", "upper2", "pattern", "sleeves", "lower", "lower_style",
+                  "shoes", "hat", "backpack", "bag", "bag_side")
+
+
 def sample_appearance(rng):
     """Draw one identity's appearance from the finite palettes."""
     upper = _pick(rng, list(UPPER_COLOURS))
     upper2 = _pick(rng, [c for c in UPPER_COLOURS if c != upper])
-    lower_style = _pick(rng, ["trousers", "shorts", "skirt"], p=[0.72, 0.14, 0.14])
-    hat = _pick(rng, list(ACCESSORY_COLOURS)) if rng.random() < 0.22 else ""
-    backpack = _pick(rng, list(ACCESSORY_COLOURS)) if rng.random() < 0.3 else ""
-    bag = _pick(rng, list(ACCESSORY_COLOURS)) if rng.random() < 0.25 else ""
+    lower_style = _pick(rng, *_LOWER_STYLES)
+    hat = _pick(rng, list(ACCESSORY_COLOURS)) if rng.random() < _ACCESSORY_P["hat"] else ""
+    backpack = _pick(rng, list(ACCESSORY_COLOURS)) if rng.random() < _ACCESSORY_P["backpack"] else ""
+    bag = _pick(rng, list(ACCESSORY_COLOURS)) if rng.random() < _ACCESSORY_P["bag"] else ""
     fields = dict(
         skin=_pick(rng, list(SKIN_COLOURS)),
-        hair=_pick(rng, list(HAIR_COLOURS), p=[0.4, 0.25, 0.15, 0.12, 0.08]),
-        hair_style=_pick(rng, ["short", "long", "bald", "bun"], p=[0.55, 0.3, 0.05, 0.1]),
+        hair=_pick(rng, list(HAIR_COLOURS), p=_HAIR_P),
+        hair_style=_pick(rng, *_HAIR_STYLES),
         upper=upper, upper2=upper2,
         pattern=_pick(rng, PATTERNS, p=_PATTERN_P),
-        sleeves=_pick(rng, ["long", "short"], p=[0.6, 0.4]),
+        sleeves=_pick(rng, *_SLEEVES),
         lower=_pick(rng, list(LOWER_COLOURS)),
         lower_style=lower_style,
-        shoes=_pick(rng, list(SHOE_COLOURS), p=[0.4, 0.25, 0.15, 0.12, 0.08]),
+        shoes=_pick(rng, list(SHOE_COLOURS), p=_SHOE_P),
         hat=hat, backpack=backpack, bag=bag, bag_side=int(rng.choice([-1, 1])),
         height=float(rng.uniform(0.88, 1.0)),
         shoulder=float(rng.uniform(0.85, 1.15)),
@@ -193,6 +205,34 @@ def sample_appearance(rng):
         bag_bgr=_jitter(ACCESSORY_COLOURS.get(bag, (0, 0, 0)), rng, 8),
     )
     return Appearance(**fields, **bgr)
+
+
+def _choice_probability(value, names, p=None):
+    names = list(names)
+    if value not in names:
+        return 0.0
+    if p is None:
+        return 1.0 / len(names)
+    return float(p[names.index(value)]) / float(np.sum(p))
+
+
+def palette_key(app):
+    """The palette-level identity of an appearance: its categorical fields (PALETTE_FIELDS), no jitter."""
+    return tuple(getattr(app, f) for f in PALETTE_FIELDS)
+
+
+def palette_probability(key):
+    """Probability that ``sample_appearance`` draws the palette-level tuple ``key`` (see ``palette_key``)."""
+    f = dict(zip(PALETTE_FIELDS, key))
+    prob = (_choice_probability(f["skin"], SKIN_COLOURS) * _choice_probability(f["hair"], HAIR_COLOURS, _HAIR_P)
+            * _choice_probability(f["hair_style"], *_HAIR_STYLES) * _choice_probability(f["upper"], UPPER_COLOURS)
+            * _choice_probability(f["upper2"], [c for c in UPPER_COLOURS if c != f["upper"]])
+            * _choice_probability(f["pattern"], PATTERNS, _PATTERN_P) * _choice_probability(f["sleeves"], *_SLEEVES)
+            * _choice_probability(f["lower"], LOWER_COLOURS) * _choice_probability(f["lower_style"], *_LOWER_STYLES)
+            * _choice_probability(f["shoes"], SHOE_COLOURS, _SHOE_P) * _choice_probability(f["bag_side"], (-1, 1)))
+    for field, p_has in _ACCESSORY_P.items():
+        prob *= (1.0 - p_has) if f[field] == "" else p_has * _choice_probability(f[field], ACCESSORY_COLOURS)
+    return prob
 
 
 @dataclass(frozen=True)
@@ -833,6 +873,9 @@ def choose_occluder(rng, scene, body_mask, kinds=OCCLUDER_KINDS, probs=_OCCLUDER
 
 
 # ----------------------------------------------------------------------------- one image
+BODY_PARTS = ("head", "upper", "lower", "shoes")
+
+
 @dataclass
 class RenderedImage:
     holistic: np.ndarray            # (H, W, 3) uint8 BGR, without occluder
@@ -840,6 +883,32 @@ class RenderedImage:
     occluder: str                   # "" when not occluded
     covered: float
     view: str
+    visible: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(BODY_PARTS, 1.0))
+    """Per body part (BODY_PARTS), the share of its pixels the occluder leaves visible (1.0 unoccluded)."""
+
+
+def body_part_bands(app, foot_y, height):
+    """Row ranges [y0, y1) of the body parts of ``draw_pedestrian``'s figure standing on ``foot_y``:
+    head (with hat and hair) down to the shoulders, upper body down to the hips, lower body down to the
+    ankles, shoes below."""
+    h = height * app.height
+    top, ankle_y = foot_y - h, foot_y - 0.03 * h
+    shoulder_y, hip_y = top + 0.175 * h, ankle_y - app.leg_ratio * h
+    shoe_top = ankle_y - 0.01 * h
+    return {"head": (top - 0.05 * h, shoulder_y), "upper": (shoulder_y, hip_y), "lower": (hip_y, shoe_top),
+            "shoes": (shoe_top, foot_y + 0.05 * h)}
+
+
+def visible_part_fractions(body_mask, occluder_mask, bands):
+    """Per part, the share of the body's pixels in its row band that the occluder leaves visible."""
+    body, hidden = body_mask > 127, occluder_mask > 127
+    rows = np.arange(body.shape[0])
+    out = {}
+    for part, (y0, y1) in bands.items():
+        band = ((rows >= y0) & (rows < y1))[:, None]
+        n = int((body & band).sum())
+        out[part] = 1.0 if n == 0 else round(1.0 - float((body & band & hidden).sum()) / n, 4)
+    return out
 
 
 def _cast_shadow(canvas, foot_x, foot_y, height):
@@ -893,6 +962,7 @@ def render_pedestrian_sample(app, camera, image_seed, out_hw, occluded, with_per
         body = person.mask
 
     occluder, covered, occluded_canvas = "", 0.0, None
+    visible = dict.fromkeys(BODY_PARTS, 1.0)
     if occluded:
         bx, _, bw, _ = cv2.boundingRect((body > 127).astype(np.uint8))
         scene = Scene(H=H, W=W, foot_x=foot_x, foot_y=foot_y, height=height * app.height,
@@ -903,6 +973,7 @@ def render_pedestrian_sample(app, camera, image_seed, out_hw, occluded, with_per
         draw_occluder(occ, occluder, params, amount, scene)
         if occluder == "pedestrian":
             _shade_person(occluded_canvas, occ.mask, camera.light)
+        visible = visible_part_fractions(body, occ.mask, body_part_bands(app, foot_y, height))
 
     # camera response: gain, colour cast, sensor noise, optics blur; the same draws for both versions
     gain = camera.gain * float(rng.uniform(0.9, 1.1))
@@ -919,7 +990,7 @@ def render_pedestrian_sample(app, camera, image_seed, out_hw, occluded, with_per
         return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
     return RenderedImage(holistic=finish(canvas), occluded=None if occluded_canvas is None else finish(occluded_canvas),
-                         occluder=occluder, covered=round(float(covered), 4), view=pose.view)
+                         occluder=occluder, covered=round(float(covered), 4), view=pose.view, visible=visible)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -934,6 +1005,7 @@ class ImageSpec:
     occluded: bool
     key: int           # image index within the family (image seed)
     holistic_file: str = ""   # where the occluder-free copy goes (query_holistic)
+    seed: int = None          # generator seed of this image's identity and scene (None: the benchmark's seed)
 
 
 def _exact_mask(rng, n, fraction):
@@ -1101,22 +1173,26 @@ def _write_image(path, img):
         raise OSError(f"could not write {path}")
 
 
-def _render_family(seed, family, specs, out_hw, targets):
+def _render_family(seed, family, specs, out_hw, targets, camera_seed=None):
     """Render every spec of one family and write it into each target layout.
 
     ``targets``: list of (layout_root, mode) with mode "as_planned" or "holistic" (DukeMTMC-reID copy).
-    Returns per-target meta image dicts."""
+    Identities and scenes come from ``spec.seed`` (default ``seed``), camera styles from ``camera_seed``
+    (default ``seed``). Returns per-target meta image dicts and the appearances by identity index."""
+    camera_seed = seed if camera_seed is None else camera_seed
     metas = [dict() for _ in targets]
     appearances, cameras = {}, {}
     need_occluded = any(mode == "as_planned" for _, mode in targets)
     for spec in specs:
+        spec_seed = seed if spec.seed is None else spec.seed
         if spec.identity >= 0 and spec.identity not in appearances:
-            appearances[spec.identity] = sample_appearance(_rng(seed, _STREAM_IDENTITY, _FAMILY[family],
+            appearances[spec.identity] = sample_appearance(_rng(spec_seed, _STREAM_IDENTITY, _FAMILY[family],
                                                                 spec.identity))
         if spec.cam not in cameras:
-            cameras[spec.cam] = make_camera(seed, family, spec.cam, (out_hw[0] * SUPERSAMPLE, out_hw[1] * SUPERSAMPLE))
+            cameras[spec.cam] = make_camera(camera_seed, family, spec.cam,
+                                            (out_hw[0] * SUPERSAMPLE, out_hw[1] * SUPERSAMPLE))
         r = render_pedestrian_sample(appearances.get(spec.identity), cameras[spec.cam],
-                                     [int(seed), _STREAM_IMAGE, _FAMILY[family], spec.key], out_hw,
+                                     [int(spec_seed), _STREAM_IMAGE, _FAMILY[family], spec.key], out_hw,
                                      occluded=spec.occluded and need_occluded, with_person=spec.pid != -1)
         base = dict(split=spec.split, pid=spec.pid, cam=spec.cam, identity=spec.identity, view=r.view)
         for (root, mode), meta in zip(targets, metas):
@@ -1126,11 +1202,19 @@ def _render_family(seed, family, specs, out_hw, targets):
                 continue
             _write_image(os.path.join(root, spec.file), r.occluded if spec.occluded else r.holistic)
             meta[spec.file] = dict(base, occluder=r.occluder, covered=r.covered)
+            if spec.occluded:
+                meta[spec.file]["visible"] = r.visible
             if spec.holistic_file:
                 _write_image(os.path.join(root, spec.holistic_file), r.holistic)
                 meta[spec.holistic_file] = dict(base, split=spec.holistic_file.split("/")[0], occluder="",
                                                 covered=0.0, holistic_of=spec.file)
     return metas, appearances
+
+
+def _with_training_split_of(specs, train_specs, train_seed):
+    """``specs`` with its training split replaced by the one of ``train_specs`` (drawn with ``train_seed``)."""
+    train = [dataclasses.replace(s, seed=int(train_seed)) for s in train_specs if s.split == "bounding_box_train"]
+    return train + [s for s in specs if s.split != "bounding_box_train"]
 
 
 def _summarise(images):
@@ -1182,7 +1266,8 @@ def make_synthetic_benchmark(root, seed=0, layout="all", image_size=(128, 64),
                              gallery_images_per_id=4, num_distractor_ids=30,
                              train_occluded_fraction=0.35, gallery_occluded_fraction=0.1,
                              market_occluded_fraction=0.1, market_junk_images=4,
-                             oreid_num_ids=50, oreid_images_per_id=5, overwrite=True):
+                             oreid_num_ids=50, oreid_images_per_id=5, overwrite=True, train_seed=None,
+                             camera_seed=None):
     """Write the synthetic benchmark under ``root`` and return a summary dict.
 
     Args:
@@ -1194,6 +1279,9 @@ def make_synthetic_benchmark(root, seed=0, layout="all", image_size=(128, 64),
         train_occluded_fraction / gallery_occluded_fraction: Occluded-Duke (queries are all occluded).
         market_occluded_fraction: Market training images occluded (half of it in its gallery; no query).
         oreid_num_ids, oreid_images_per_id: Occluded-REID identities and images per id on each side.
+        train_seed: Occluded-Duke only: draw the training split from this seed instead of ``seed`` (benchmarks
+            that share ``train_seed`` share their training images; their test splits come from their own seed).
+        camera_seed: draw the camera styles from this seed instead of ``seed`` (benchmarks of one "world").
     """
     t0 = time.time()
     layouts = _normalise_layouts(layout)
@@ -1212,21 +1300,27 @@ def make_synthetic_benchmark(root, seed=0, layout="all", image_size=(128, 64),
     duke_targets = [(n, "as_planned" if n == "occluded_duke" else "holistic")
                     for n in ("occluded_duke", "dukemtmc") if n in layouts]
     if duke_targets:
-        specs = plan_occluded_duke(seed, train_occluded_fraction=train_occluded_fraction,
-                                   gallery_occluded_fraction=gallery_occluded_fraction, **sizes)
+        fractions = dict(train_occluded_fraction=train_occluded_fraction,
+                         gallery_occluded_fraction=gallery_occluded_fraction)
+        specs = plan_occluded_duke(seed, **fractions, **sizes)
+        if train_seed is not None and int(train_seed) != int(seed):
+            specs = _with_training_split_of(specs, plan_occluded_duke(train_seed, **fractions, **sizes), train_seed)
         roots = [os.path.join(root, LAYOUT_DIRS[n]) for n, _ in duke_targets]
         for r in roots:
             _prepare_layout_dir(r, overwrite)
-        metas, apps = _render_family(seed, "duke", specs, out_hw, [(r, m) for r, (_, m) in zip(roots, duke_targets)])
+        metas, apps = _render_family(seed, "duke", specs, out_hw, [(r, m) for r, (_, m) in zip(roots, duke_targets)],
+                                     camera_seed)
+        seeds = dict(train_seed=int(seed if train_seed is None else train_seed),
+                     camera_seed=int(seed if camera_seed is None else camera_seed))
         for (name, _), r, meta in zip(duke_targets, roots, metas):
-            s = _write_meta(r, LAYOUT_DIRS[name], seed, out_hw, meta, apps, dict(sizes=sizes))
+            s = _write_meta(r, LAYOUT_DIRS[name], seed, out_hw, meta, apps, dict(sizes=sizes, **fractions, **seeds))
             summary["layouts"][name] = dict(dir=r, **s)
 
     if "market1501" in layouts:
         specs = plan_market(seed, occluded_fraction=market_occluded_fraction, num_junk=market_junk_images, **sizes)
         r = os.path.join(root, LAYOUT_DIRS["market1501"])
         _prepare_layout_dir(r, overwrite)
-        (meta,), apps = _render_family(seed, "market", specs, out_hw, [(r, "as_planned")])
+        (meta,), apps = _render_family(seed, "market", specs, out_hw, [(r, "as_planned")], camera_seed)
         s = _write_meta(r, LAYOUT_DIRS["market1501"], seed, out_hw, meta, apps, dict(sizes=sizes))
         summary["layouts"]["market1501"] = dict(dir=r, **s)
 
@@ -1234,7 +1328,7 @@ def make_synthetic_benchmark(root, seed=0, layout="all", image_size=(128, 64),
         specs = plan_occluded_reid(seed, oreid_num_ids, oreid_images_per_id)
         r = os.path.join(root, LAYOUT_DIRS["occluded_reid"])
         _prepare_layout_dir(r, overwrite)
-        (meta,), apps = _render_family(seed, "oreid", specs, out_hw, [(r, "as_planned")])
+        (meta,), apps = _render_family(seed, "oreid", specs, out_hw, [(r, "as_planned")], camera_seed)
         s = _write_meta(r, LAYOUT_DIRS["occluded_reid"], seed, out_hw, meta, apps,
                         dict(sizes=dict(num_ids=oreid_num_ids, images_per_id=oreid_images_per_id)))
         summary["layouts"]["occluded_reid"] = dict(dir=r, **s)

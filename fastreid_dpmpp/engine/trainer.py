@@ -133,6 +133,8 @@ class AlternatingMaskTrainer(SimpleTrainer):
 
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        synthesizer = getattr(_unwrapped(self.model), "spt", None)
+        spt_rng = synthesizer.rng_state() if synthesizer is not None else None
         loss_dict = self.model(data)
         self.optimizer.zero_grad()
         sum(loss_dict.values()).backward()
@@ -144,6 +146,8 @@ class AlternatingMaskTrainer(SimpleTrainer):
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+        if spt_rng is not None:   # the SPT pairing has its own generator: replay it too (same partners)
+            synthesizer.set_rng_state(spt_rng)
         with only_these_require_grad(self.model, self.mask_parameters):
             mask_losses = sum(self.model(data).values())
             self.mask_optimizer.zero_grad()

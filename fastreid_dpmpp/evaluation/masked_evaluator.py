@@ -215,6 +215,21 @@ def _candidate_options(cfg):
     return candidates, options.INDEX, factor
 
 
+PLACEMENTS = ("gallery", "training")
+
+
+def test_placement(cfg):
+    """(side, before_norm) of masked matching: SPEC §6 ("gallery": the query's mask on the gallery descriptor,
+    re-normalised — the prototype side of Eq. 10), or the Table IV placement the model was trained with
+    ("training": MODEL.DPMPP.MASK_SIDE / MASK_BEFORE_NORM, the gallery playing the prototype)."""
+    placement = cfg.TEST.MASKED_MATCHING.PLACEMENT
+    if placement not in PLACEMENTS:
+        raise ValueError(f"TEST.MASKED_MATCHING.PLACEMENT must be one of {PLACEMENTS}, got {placement!r}")
+    if placement == "gallery":
+        return "prototype", True
+    return cfg.MODEL.DPMPP.MASK_SIDE, bool(cfg.MODEL.DPMPP.MASK_BEFORE_NORM)
+
+
 class MaskedReidEvaluator(DistanceReidEvaluator):
     """fast-reid's ``ReidEvaluator`` with the query-mask distance of SPEC §6 in place of ``build_dist``.
 
@@ -245,6 +260,10 @@ class MaskedReidEvaluator(DistanceReidEvaluator):
             logger.info("TEST.METRIC=%s is not used: masked matching ranks by the %s masked distance",
                         cfg.TEST.METRIC, self.distance)
         self.candidates, self.index_type, self.candidate_factor = _candidate_options(cfg)
+        self.side, self.before_norm = test_placement(cfg)
+        if self.candidates > 0 and (self.side, self.before_norm) != ("prototype", True):
+            raise ValueError("TEST.MASKED_MATCHING.CANDIDATES > 0 re-scores FAISS candidates with SPEC §6's placement "
+                             "only: set TEST.MASKED_MATCHING.PLACEMENT 'gallery' or CANDIDATES 0")
 
     def evaluate(self):
         if self.candidates <= 0:
@@ -298,7 +317,7 @@ class MaskedReidEvaluator(DistanceReidEvaluator):
             logger.info("Test with AQE setting")
             query, gallery = aqe(query, gallery, test.AQE.QE_TIME, test.AQE.QE_K, test.AQE.ALPHA)
         dist = blocked_masked_distance(query, gallery, query_masks, distance=self.distance,
-                                       block_size=self.block_size)
+                                       block_size=self.block_size, side=self.side, before_norm=self.before_norm)
         if test.RERANK.ENABLED:
             logger.info("Test with rerank setting")
             # TEST.RERANK.METHOD / BLOCK_SIZE pick the Jaccard formulation and its blocked sparse form (rerank.py)

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..masked_cosine import masked_cosine
+
 __all__ = ["DISTANCES", "CANDIDATE_QUERIES", "masked_similarity", "masked_distance", "blocked_masked_distance",
            "masked_topk", "build_gallery_index", "masked_search"]
 
 DISTANCES = ("cosine", "angular")
-_NORM_EPS = 1e-12
 
 
 def _full_width_masks(query_masks, descriptor_dim, masked_dims):
@@ -54,18 +55,9 @@ def _check_inputs(query, gallery, query_masks):
         )
 
 
-def _prepare_query(query, query_masks, masked_dims):
-    """Returns (q̂ ⊙ m, m ⊙ m), the two (Q, D) factors of numerator and denominator."""
-    masks = _full_width_masks(query_masks.float(), query.shape[1], masked_dims)
-    unit_query = F.normalize(query.float(), dim=1)
-    return unit_query * masks, masks * masks
-
-
-def _similarity_to(gallery, masked_query, squared_masks):
-    unit_gallery = F.normalize(gallery.float(), dim=1)
-    numerator = masked_query @ unit_gallery.t()
-    squared_norm = squared_masks @ (unit_gallery * unit_gallery).t()
-    return numerator / squared_norm.clamp_min(_NORM_EPS * _NORM_EPS).sqrt()
+def _query_masks(query, query_masks, masked_dims):
+    """The (Q, W) full-width masks of the queries, float32."""
+    return _full_width_masks(query_masks.float(), query.shape[1], masked_dims)
 
 
 def _to_distance(similarity, distance):
@@ -82,17 +74,19 @@ def _check_distance(distance):
         )
 
 
-def masked_similarity(query, gallery, query_masks, masked_dims=None):
-    """(Q, D), (G, D), (Q, D_m) -> (Q, G) float32 masked similarities (module docstring)."""
+def masked_similarity(query, gallery, query_masks, masked_dims=None, side="prototype", before_norm=True):
+    """(Q, D), (G, D), (Q, D_m) -> (Q, G) float32 masked similarities (module docstring); ``side`` /
+    ``before_norm``: the placement of ``fastreid_dpmpp.masked_cosine`` (the gallery plays the prototype)."""
     _check_inputs(query, gallery, query_masks)
-    masked_query, squared_masks = _prepare_query(query, query_masks, masked_dims)
-    return _similarity_to(gallery, masked_query, squared_masks)
+    return masked_cosine(query.float(), gallery.float(), _query_masks(query, query_masks, masked_dims), side,
+                         before_norm)
 
 
-def masked_distance(query, gallery, query_masks, masked_dims=None, distance="cosine"):
+def masked_distance(query, gallery, query_masks, masked_dims=None, distance="cosine", side="prototype",
+                    before_norm=True):
     """(Q, G) distance: 1 − sim ("cosine") or arccos(sim clamped to [−1, 1]) ("angular")."""
     _check_distance(distance)
-    return _to_distance(masked_similarity(query, gallery, query_masks, masked_dims), distance)
+    return _to_distance(masked_similarity(query, gallery, query_masks, masked_dims, side, before_norm), distance)
 
 
 def _check_block(name, value):
@@ -104,7 +98,7 @@ def _check_block(name, value):
 
 @torch.no_grad()
 def blocked_masked_distance(query, gallery, query_masks, masked_dims=None, distance="cosine", block_size=4096,
-                            query_block_size=None):
+                            query_block_size=None, side="prototype", before_norm=True):
     """``masked_distance`` computed over blocks of ``block_size`` gallery rows and ``query_block_size`` query
     rows (default: all queries; float32, memory O(query_block_size·block_size) for the intermediates),
     returned as a numpy (Q, G) float32 array like fast-reid's ``build_dist``."""
@@ -116,11 +110,10 @@ def blocked_masked_distance(query, gallery, query_masks, masked_dims=None, dista
     result = np.empty((query.shape[0], gallery.shape[0]), dtype=np.float32)
     for q_start in range(0, query.shape[0], query_block_size):
         q_stop = q_start + query_block_size
-        masked_query, squared_masks = _prepare_query(query[q_start:q_stop], query_masks[q_start:q_stop],
-                                                     masked_dims)
+        rows, masks = query[q_start:q_stop].float(), _query_masks(query, query_masks[q_start:q_stop], masked_dims)
         for start in range(0, gallery.shape[0], block_size):
             block = gallery[start:start + block_size]
-            similarity = _similarity_to(block, masked_query, squared_masks)
+            similarity = masked_cosine(rows, block.float(), masks, side, before_norm)
             result[q_start:q_stop, start:start + block.shape[0]] = _to_distance(similarity, distance).cpu().numpy()
     return result
 
@@ -132,14 +125,14 @@ def masked_topk(query, gallery, query_masks, k, masked_dims=None, block_size=409
     _check_inputs(query, gallery, query_masks)
     _check_block("block_size", block_size)
     k = _check_k(k, gallery.shape[0])
-    masked_query, squared_masks = _prepare_query(query, query_masks, masked_dims)
-    best_scores = masked_query.new_full((query.shape[0], 0), float("-inf"))
-    best_indices = torch.zeros((query.shape[0], 0), dtype=torch.long, device=masked_query.device)
+    rows, masks = query.float(), _query_masks(query, query_masks, masked_dims)
+    best_scores = rows.new_full((query.shape[0], 0), float("-inf"))
+    best_indices = torch.zeros((query.shape[0], 0), dtype=torch.long, device=rows.device)
     for start in range(0, gallery.shape[0], block_size):
-        block = gallery[start:start + block_size].to(masked_query.device)
-        scores = torch.cat([best_scores, _similarity_to(block, masked_query, squared_masks)], dim=1)
+        block = gallery[start:start + block_size].to(rows.device).float()
+        scores = torch.cat([best_scores, masked_cosine(rows, block, masks)], dim=1)
         indices = torch.cat([best_indices, torch.arange(start, start + block.shape[0],
-                                                        device=masked_query.device).expand(query.shape[0], -1)], 1)
+                                                        device=rows.device).expand(query.shape[0], -1)], 1)
         best_scores, order = scores.topk(min(k, scores.shape[1]), dim=1)
         best_indices = indices.gather(1, order)
     return best_scores, best_indices
@@ -199,19 +192,16 @@ def _candidate_vectors(query, query_masks, masked_dims, candidate_query):
     if candidate_query not in CANDIDATE_QUERIES:
         raise ValueError(f"masked_matching.py: candidate_query must be one of {CANDIDATE_QUERIES}, "
                          f"got {candidate_query!r}")
-    masked_query, _ = _prepare_query(query, query_masks, masked_dims)
-    vectors = masked_query if candidate_query == "masked" else F.normalize(query.float(), dim=1)
+    unit_query = F.normalize(query.float(), dim=1)
+    vectors = unit_query * _query_masks(query, query_masks, masked_dims) if candidate_query == "masked" else unit_query
     return _float32_rows(F.normalize(vectors, dim=1))
 
 
 def _rescore_candidates(query, query_masks, gallery, candidates, masked_dims):
     """Exact masked similarity of each query to its own (Q, K) candidate rows (−inf where FAISS gave −1)."""
-    masked_query, squared_masks = _prepare_query(query, query_masks, masked_dims)
     valid = candidates >= 0
-    rows = F.normalize(gallery[candidates.clamp_min(0)].float(), dim=2)       # (Q, K, W)
-    numerator = torch.einsum("qw,qkw->qk", masked_query, rows)
-    squared_norm = torch.einsum("qw,qkw->qk", squared_masks, rows * rows)
-    scores = numerator / squared_norm.clamp_min(_NORM_EPS * _NORM_EPS).sqrt()
+    rows = gallery[candidates.clamp_min(0)].float()                            # (Q, K, W)
+    scores = masked_cosine(query.float(), rows, _query_masks(query, query_masks, masked_dims))
     return scores.masked_fill(~valid, float("-inf"))
 
 

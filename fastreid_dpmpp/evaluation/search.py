@@ -60,14 +60,7 @@ class FeatureExtractor:
         backbone = getattr(model, "backbone", None)
         table = getattr(backbone, "sie_embed", None)
         self.num_cameras = 0 if table is None else table.shape[0]
-        self.mask_span = self._mask_span(model, backbone) if self.masked else None
-
-    @staticmethod
-    def _mask_span(model, backbone):
-        """[start, stop) of the descriptor dims the HMG mask acts on (the rest of m̄ is ones)."""
-        offset = int(getattr(model, "mask_offset", 0) or 0)
-        width = backbone.embed_dim if offset else backbone.width
-        return [offset, offset + int(width)]
+        self.mask_span = list(model.mask_span) if self.masked else None   # dims the HMG mask acts on
 
     def _camids(self, cameras, paths):
         if not self.num_cameras:

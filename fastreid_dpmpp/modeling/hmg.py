@@ -6,7 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["HierarchicalMaskGenerator", "tokens_to_grid"]
+__all__ = ["HierarchicalMaskGenerator", "tokens_to_grid", "HMG_POOLS"]
+
+HMG_POOLS = ("max", "avg")
 
 logger = logging.getLogger("fastreid.dpmpp.hmg")
 
@@ -56,7 +58,8 @@ class HierarchicalMaskGenerator(nn.Module):
     are not part of conv1). Every gated tap is resized (bilinear) to the grid of the first gated tap,
     so CNN stage outputs of different sizes and channel counts (e.g. ResNet 256/512/1024/2048) work.
     conv1: ΣC_k -> 2D, conv2: 2D -> D, conv3: D -> D, each conv3x3 + BN + ReLU; max-pool 2 after conv1
-    and conv2 (see ``_halve`` for tiny grids); global max pool; FC(D -> D) with zero weight and bias,
+    and conv2 (see ``_halve`` for tiny grids); global max pool (DPM's code; ``pool`` "avg": the average pooling
+    the paper's text names); FC(D -> D) with zero weight and bias,
     so every mask entry starts at exactly σ(0) = 0.5.
 
     ``reduction`` r (MODEL.DPMPP.HMG_REDUCTION, ours, not in the paper) divides the hidden widths:
@@ -70,9 +73,10 @@ class HierarchicalMaskGenerator(nn.Module):
         out_dim: D, the mask width (= width of the feature the mask acts on).
         gates: K binary gates (SPEC: MODEL.DPMPP.HMG_GATES); None = all taps used.
         reduction: r, a positive integer dividing D (MODEL.DPMPP.HMG_REDUCTION); 1 = SPEC widths.
+        pool: global pooling before the FC, "max" or "avg" (MODEL.DPMPP.HMG_POOL).
     """
 
-    def __init__(self, in_channels, num_taps=4, out_dim=768, gates=None, reduction=1):
+    def __init__(self, in_channels, num_taps=4, out_dim=768, gates=None, reduction=1, pool="max"):
         super().__init__()
         channels = [int(in_channels)] * num_taps if isinstance(in_channels, int) else [int(c) for c in in_channels]
         gates = [1] * num_taps if gates is None else [int(g) for g in gates]
@@ -89,6 +93,9 @@ class HierarchicalMaskGenerator(nn.Module):
         self.gates = tuple(gates)
         self.out_dim = out_dim
         self.reduction = _check_reduction(reduction, out_dim)
+        if pool not in HMG_POOLS:
+            raise ValueError(f"hmg.py: MODEL.DPMPP.HMG_POOL must be one of {HMG_POOLS}, got {pool!r}")
+        self.pool = pool
         hidden = out_dim // self.reduction
         gated_channels = sum(c for c, g in zip(channels, gates) if g)
         self.conv1 = _conv_bn_relu(gated_channels, 2 * hidden)
@@ -123,5 +130,6 @@ class HierarchicalMaskGenerator(nn.Module):
         x = self._concat_gated_taps(taps)
         x = _halve(self.conv1(x))
         x = _halve(self.conv2(x))
-        x = self.conv3(x).amax(dim=(2, 3))
+        x = self.conv3(x)
+        x = x.amax(dim=(2, 3)) if self.pool == "max" else x.mean(dim=(2, 3))
         return torch.sigmoid(self.fc(x))

@@ -157,12 +157,14 @@ def _uniform(shape, generator, device):
 
 
 def select_partners(masks, labels, alpha=0.7, beta=0.7, top_fraction=0.1, prob=0.5, use_oiou=True,
-                    use_rolling=True, generator=None):
+                    use_rolling=True, generator=None, min_partner_area=0.0):
     """Occlusion-aware pairing (SPEC §4.2-4.4). Returns partners (B,) long, −1 = no synthesis.
 
     For every anchor i, in one vectorised pass:
       * valid candidates: j ≠ i, labels[j] ≠ labels[i], |M_j| > 0 (an empty candidate mask would replace the
-        whole image and is never useful);
+        whole image and is never useful) and |M_j| ≥ ``min_partner_area``·|M_i| (the partner guard, ours: OIoU
+        divides by |M_j|, so a tiny partner mask inside the anchor's scores ≈ 1 and would hand over almost the
+        whole image under the anchor's label; 0 = SPEC, no guard);
       * rank them by score(i, j) = rolled overlap (``use_rolling``) or plain overlap, where overlap is OIoU
         (``use_oiou``, Eq. 6) or IoU (Eq. 5);
       * keep the top k = ``candidate_count(B, top_fraction)`` valid candidates (fewer if fewer are valid) and draw
@@ -198,8 +200,10 @@ def select_partners(masks, labels, alpha=0.7, beta=0.7, top_fraction=0.1, prob=0
     score = rolled_overlap_matrix(masks, mode) if use_rolling else overlap
 
     labels = labels.to(device)
-    nonempty = masks.flatten(1).any(dim=1)
-    valid = (labels.unsqueeze(1) != labels.unsqueeze(0)) & nonempty.unsqueeze(0)
+    area = masks.flatten(1).sum(dim=1).float()
+    valid = (labels.unsqueeze(1) != labels.unsqueeze(0)) & (area > 0).unsqueeze(0)
+    if min_partner_area > 0:
+        valid &= area.unsqueeze(0) >= min_partner_area * area.unsqueeze(1)
     valid.fill_diagonal_(False)
     masked_score = score.masked_fill(~valid, float("-inf"))
 

@@ -62,7 +62,7 @@ class SPTSynthesizer:
     """
 
     def __init__(self, sps_model, token_grid, threshold=0.5, alpha=0.7, beta=0.7, top_fraction=0.1, prob=0.5,
-                 use_oiou=True, use_rolling=True, ignore_partner=True, seed=None):
+                 use_oiou=True, use_rolling=True, ignore_partner=True, seed=None, min_partner_area=0.0):
         self.sps_model = freeze_model(sps_model)
         self.sps_grid = tuple(int(v) for v in sps_model.grid_size)
         self.token_grid = tuple(int(v) for v in token_grid)
@@ -71,6 +71,7 @@ class SPTSynthesizer:
         self.top_fraction, self.prob = float(top_fraction), float(prob)
         self.use_oiou, self.use_rolling = bool(use_oiou), bool(use_rolling)
         self.ignore_partner = bool(ignore_partner)
+        self.min_partner_area = float(min_partner_area)
         self._check_arguments()
         self.generator = torch.Generator()
         if seed is None or int(seed) < 0:
@@ -88,7 +89,8 @@ class SPTSynthesizer:
         spt = cfg.SPT
         return cls(sps_model, token_grid, threshold=spt.THRESHOLD, alpha=spt.ALPHA, beta=spt.BETA,
                    top_fraction=spt.TOP_FRACTION, prob=spt.PROB, use_oiou=spt.OIOU, use_rolling=spt.MASK_ROLLING,
-                   ignore_partner=spt.IGNORE_PARTNER, seed=cfg.get("SEED", -1) if seed is None else seed)
+                   ignore_partner=spt.IGNORE_PARTNER, seed=cfg.get("SEED", -1) if seed is None else seed,
+                   min_partner_area=spt.MIN_PARTNER_AREA)
 
     def _check_arguments(self):
         checks = [("SPT.THRESHOLD", self.threshold, 0.0, 1.0), ("SPT.ALPHA", self.alpha, 0.0, 1.0),
@@ -96,6 +98,8 @@ class SPTSynthesizer:
         for key, value, low, high in checks:
             if not low <= value <= high:
                 raise ValueError(f"{key} must lie in [{low}, {high}], got {value}")
+        if self.min_partner_area < 0:
+            raise ValueError(f"SPT.MIN_PARTNER_AREA must be >= 0, got {self.min_partner_area}")
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"SPT.TOP_FRACTION must lie in (0, 1], got {self.top_fraction}")
 
@@ -140,7 +144,8 @@ class SPTSynthesizer:
         masks = self.binary_masks(images, camids)
         partners = select_partners(masks, targets.to(masks.device), alpha=self.alpha, beta=self.beta,
                                    top_fraction=self.top_fraction, prob=self.prob, use_oiou=self.use_oiou,
-                                   use_rolling=self.use_rolling, generator=self.generator)
+                                   use_rolling=self.use_rolling, generator=self.generator,
+                                   min_partner_area=self.min_partner_area)
         token_masks = resize_masks(masks, self.token_grid)
         partners = partners.to(targets.device)
         if self.ignore_partner:

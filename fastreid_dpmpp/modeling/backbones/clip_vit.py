@@ -384,6 +384,14 @@ def _arch_description(cfg) -> str:
     return f"'{vit.ARCH}' (MODEL.VIT.ARCH, family {vit.FAMILY}){suffix}"
 
 
+def _pretrain_grid(cfg) -> Optional[Tuple[int, int]]:
+    """MODEL.VIT.PRETRAIN_GRID (h, w) of the weights file's position table; (0, 0) = infer it."""
+    grid = tuple(int(v) for v in cfg.MODEL.VIT.PRETRAIN_GRID)
+    if len(grid) != 2 or min(grid) < 0:
+        raise ValueError(f"MODEL.VIT.PRETRAIN_GRID must be two integers >= 0 (0, 0 = infer), got {grid}")
+    return grid if all(grid) else None
+
+
 def _open_clip_config(cfg) -> dict:
     import open_clip
     arch = str(cfg.MODEL.VIT.ARCH)
@@ -443,7 +451,7 @@ def build_clip_model(cfg) -> nn.Module:
     fit_tower_to_grid(model.visual, "clip", _size_train(cfg), _pair(cfg.MODEL.BACKBONE.STRIDE_SIZE,
                                                                     "MODEL.BACKBONE.STRIDE_SIZE"))
     if cfg.MODEL.VIT.WEIGHTS:
-        load_clip_weights(model, cfg.MODEL.VIT.WEIGHTS, _arch_description(cfg))
+        load_clip_weights(model, cfg.MODEL.VIT.WEIGHTS, _arch_description(cfg), source_grid=_pretrain_grid(cfg))
     return model
 
 
@@ -458,7 +466,8 @@ def build_clip_visual(cfg) -> nn.Module:
     fit_tower_to_grid(visual, "clip", _size_train(cfg), _pair(cfg.MODEL.BACKBONE.STRIDE_SIZE,
                                                               "MODEL.BACKBONE.STRIDE_SIZE"))
     if cfg.MODEL.VIT.WEIGHTS:
-        load_clip_visual_weights(visual, cfg.MODEL.VIT.WEIGHTS, _arch_description(cfg))
+        load_clip_visual_weights(visual, cfg.MODEL.VIT.WEIGHTS, _arch_description(cfg),
+                                 source_grid=_pretrain_grid(cfg))
     return visual
 
 
@@ -487,7 +496,7 @@ def build_vanilla_vit(cfg) -> nn.Module:
     fit_tower_to_grid(model, "vanilla", _size_train(cfg), _pair(cfg.MODEL.BACKBONE.STRIDE_SIZE,
                                                                 "MODEL.BACKBONE.STRIDE_SIZE"))
     if vit.WEIGHTS:
-        load_timm_vit_weights(model, vit.WEIGHTS, _arch_description(cfg))
+        load_timm_vit_weights(model, vit.WEIGHTS, _arch_description(cfg), source_grid=_pretrain_grid(cfg))
     return model
 
 

@@ -8,8 +8,8 @@ Formats read, never downloading and never unpickling arbitrary objects:
   possibly wrapped in ``{"state_dict": ...}`` / ``{"model": ...}`` and with ``module.`` prefixes;
 - a ``.safetensors`` file.
 OpenAI and open_clip use the same key names for the ``CLIP`` class; timm ViTs use timm's names.
-A position embedding trained on a square grid (224 px -> 14x14) is resized bilinearly to the
-model's patch grid on load, the class position kept.
+A position embedding trained on another grid (224 px -> 14x14, or a non-square 128x64 pretraining -> 8x4) is
+resized bilinearly to the model's patch grid on load, the class position kept.
 """
 import logging
 import math
@@ -56,22 +56,36 @@ def resize_position_embedding(pos_embed: torch.Tensor, old_grid: Tuple[int, int]
     return torch.cat([cls_pos, grid], dim=0)
 
 
-def _square_grid(num_grid_rows: int) -> Optional[Tuple[int, int]]:
+def infer_source_grid(num_grid_rows: int, target_grid: Tuple[int, int]) -> Tuple[int, int]:
+    """The (h, w) grid a checkpoint's ``num_grid_rows`` position rows were trained on, when the file does not say:
+    a square grid when the count is a square (CLIP's 14x14), otherwise the factorisation h·w whose aspect h/w is
+    closest to the target grid's (a 128x64 stride-16 pretraining: 32 rows -> 8x4 for a 10x5 target)."""
     side = math.isqrt(num_grid_rows)
-    return (side, side) if side * side == num_grid_rows else None
+    if side * side == num_grid_rows:
+        return side, side
+    target_aspect = math.log(target_grid[0] / target_grid[1])
+    pairs = [(h, num_grid_rows // h) for h in range(1, num_grid_rows + 1) if num_grid_rows % h == 0]
+    return min(pairs, key=lambda hw: abs(math.log(hw[0] / hw[1]) - target_aspect))
 
 
-def _fit_position_rows(file_pos: torch.Tensor, model_grid: Tuple[int, int], path: str) -> torch.Tensor:
-    """Resize a checkpoint's ``(1 + g*g, D)`` table to ``model_grid``; other shapes pass through
-    unchanged (the shape check then reports them)."""
+def _fit_position_rows(file_pos: torch.Tensor, model_grid: Tuple[int, int], path: str,
+                       source_grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Resize a checkpoint's ``(1 + h*w, D)`` table from its grid (``source_grid``, or inferred by
+    :func:`infer_source_grid`) to ``model_grid``; other shapes pass through unchanged (the shape check then
+    reports them)."""
     rows_needed = 1 + model_grid[0] * model_grid[1]
-    if file_pos.dim() != 2 or file_pos.shape[0] == rows_needed:
+    if file_pos.dim() != 2 or file_pos.shape[0] == rows_needed or file_pos.shape[0] < 2:
         return file_pos
-    old_grid = _square_grid(file_pos.shape[0] - 1)
-    if old_grid is None:
-        return file_pos
-    logger.info("Resizing the position embedding of '%s' from grid %s to %s", path, old_grid, tuple(model_grid))
-    return resize_position_embedding(file_pos, old_grid, model_grid)
+    grid_rows = file_pos.shape[0] - 1
+    if source_grid and any(source_grid):
+        source_grid = tuple(int(v) for v in source_grid)
+        if source_grid[0] * source_grid[1] != grid_rows:
+            raise ValueError(f"MODEL.VIT.PRETRAIN_GRID {source_grid} does not fit the {grid_rows} position rows "
+                             f"(plus the class position) of '{path}'")
+    else:
+        source_grid = infer_source_grid(grid_rows, model_grid)
+    logger.info("Resizing the position embedding of '%s' from grid %s to %s", path, source_grid, tuple(model_grid))
+    return resize_position_embedding(file_pos, source_grid, model_grid)
 
 
 # ----------------------------------------------------------------------------- TorchScript archives
@@ -278,11 +292,12 @@ def _warn_if_gelu_mismatch(visual: nn.Module, openai_format: bool, path: str):
                        "model uses GELU (MODEL.VIT.QUICK_GELU False)", path)
 
 
-def load_clip_weights(clip_model: nn.Module, path: str, arch: str = "", config_key: str = WEIGHTS_KEY):
+def load_clip_weights(clip_model: nn.Module, path: str, arch: str = "", config_key: str = WEIGHTS_KEY,
+                      source_grid: Optional[Tuple[int, int]] = None):
     """Load an OpenAI or open_clip CLIP checkpoint into an open_clip ``CLIP`` model (visual + text).
 
-    The visual position embedding is resized to ``clip_model.visual.grid_size`` if the file's is a
-    square grid of another size. Any key, shape or architecture mismatch raises ValueError naming the
+    The visual position embedding is resized to ``clip_model.visual.grid_size`` from the file's grid
+    (``source_grid``, or inferred: :func:`infer_source_grid`). Any key, shape or architecture mismatch raises ValueError naming the
     file, the first mismatching keys and ``arch``.
     """
     state, is_archive, openai_format = _read_clip_state(path, config_key)
@@ -292,14 +307,15 @@ def load_clip_weights(clip_model: nn.Module, path: str, arch: str = "", config_k
         state = {(k[len("text."):] if k.startswith("text.") else k): v for k, v in state.items()}
     pos_key = "visual.positional_embedding"
     if pos_key in state and pos_key in own_keys:
-        state[pos_key] = _fit_position_rows(state[pos_key], tuple(clip_model.visual.grid_size), path)
+        state[pos_key] = _fit_position_rows(state[pos_key], tuple(clip_model.visual.grid_size), path, source_grid)
     _warn_if_gelu_mismatch(clip_model.visual, openai_format, path)
     _load_checked(clip_model, state, path, arch or type(clip_model).__name__, config_key,
                   keep_only_model_keys=is_archive)
     logger.info("Loaded CLIP weights from '%s'", path)
 
 
-def load_clip_visual_weights(visual: nn.Module, path: str, arch: str = "", config_key: str = WEIGHTS_KEY):
+def load_clip_visual_weights(visual: nn.Module, path: str, arch: str = "", config_key: str = WEIGHTS_KEY,
+                             source_grid: Optional[Tuple[int, int]] = None):
     """Load the ``visual.*`` part of a CLIP checkpoint (or a file of the tower's own keys) into an
     open_clip ``VisionTransformer``; the text part of the file is ignored. Same resizing and errors as
     ``load_clip_weights``."""
@@ -311,13 +327,14 @@ def load_clip_visual_weights(visual: nn.Module, path: str, arch: str = "", confi
                          f"nor 'conv1.weight' keys; first keys {list(state)[:_MAX_LISTED]}); expected {arch}")
     if "positional_embedding" in state:
         state["positional_embedding"] = _fit_position_rows(state["positional_embedding"],
-                                                           tuple(visual.grid_size), path)
+                                                           tuple(visual.grid_size), path, source_grid)
     _warn_if_gelu_mismatch(visual, openai_format, path)
     _load_checked(visual, state, path, arch or type(visual).__name__, config_key, keep_only_model_keys=is_archive)
     logger.info("Loaded CLIP visual weights from '%s'", path)
 
 
-def load_timm_vit_weights(vit: nn.Module, path: str, arch: str = "", config_key: str = WEIGHTS_KEY):
+def load_timm_vit_weights(vit: nn.Module, path: str, arch: str = "", config_key: str = WEIGHTS_KEY,
+                          source_grid: Optional[Tuple[int, int]] = None):
     """Load a timm ViT state dict into a timm ``VisionTransformer`` built without a classifier.
 
     Classifier keys (``head.*``) of the file are dropped when the model has none; ``pos_embed`` of
@@ -329,6 +346,6 @@ def load_timm_vit_weights(vit: nn.Module, path: str, arch: str = "", config_key:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     if "pos_embed" in state and state["pos_embed"].dim() == 3 and state["pos_embed"].shape[0] == 1:
         state["pos_embed"] = _fit_position_rows(state["pos_embed"][0], tuple(vit.patch_embed.grid_size),
-                                                path).unsqueeze(0)
+                                                path, source_grid).unsqueeze(0)
     _load_checked(vit, state, path, arch or type(vit).__name__, config_key, keep_only_model_keys=is_archive)
     logger.info("Loaded ViT weights from '%s'", path)

@@ -173,9 +173,9 @@ class DPMHead(nn.Module):
         if hierarchical:
             return HierarchicalMaskGenerator(list(self.tap_channels), num_taps=len(self.tap_channels),
                                              out_dim=mask_dim, gates=cfg.MODEL.DPMPP.HMG_GATES,
-                                             reduction=cfg.MODEL.DPMPP.HMG_REDUCTION)
+                                             reduction=cfg.MODEL.DPMPP.HMG_REDUCTION, pool=cfg.MODEL.DPMPP.HMG_POOL)
         return HierarchicalMaskGenerator([self.final_channels], num_taps=1, out_dim=mask_dim,
-                                         reduction=cfg.MODEL.DPMPP.HMG_REDUCTION)
+                                         reduction=cfg.MODEL.DPMPP.HMG_REDUCTION, pool=cfg.MODEL.DPMPP.HMG_POOL)
 
     # ------------------------------------------------------------------ pieces
     @property

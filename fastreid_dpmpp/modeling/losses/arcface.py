@@ -8,10 +8,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["arcface_logits", "masked_prototypes", "masked_prototype_cosine", "MASK_SIDES"]
+from ...masked_cosine import MASK_SIDES, masked_cosine
 
-MASK_SIDES = ("prototype", "feature", "both")
-_NORM_EPS = 1e-12  # F.normalize's eps, so the closed forms match the explicit computation
+__all__ = ["arcface_logits", "masked_prototypes", "masked_prototype_cosine", "MASK_SIDES"]
 
 
 def arcface_logits(cosine, targets, scale=30.0, margin=0.5):
@@ -73,40 +72,13 @@ def masked_prototypes(prototypes, masks, before_norm=True):
     return F.normalize(masked, dim=2) if before_norm else masked
 
 
-def _safe_norm_from_squared(squared_norm):
-    return squared_norm.clamp_min(_NORM_EPS * _NORM_EPS).sqrt()
-
-
 def masked_prototype_cosine(features, prototypes, masks, side="prototype", before_norm=True):
-    """cos_{i,c} (B, C) of L_mask (Eq. 15) without building a (B, C, D) tensor.
-
-    Variants (Table IV; ⟨·,·⟩ the dot product, m = m_i, P̂ = P̂_c, f̂ = f̂_i):
-      side="prototype", before_norm=True  (Eq. 10, default): ⟨f̂, normalize(m⊙P̂)⟩
-            = [(f̂⊙m)·P̂] / ‖m⊙P̂‖,  ‖m⊙P̂‖² = (m⊙m)·(P̂⊙P̂)
-      side="prototype", before_norm=False: ⟨f̂, m⊙P̂⟩ = (f̂⊙m)·P̂
-      side="feature",   before_norm=True : ⟨normalize(m⊙f̂), P̂⟩ = [(f̂⊙m)·P̂] / ‖m⊙f̂‖
-      side="feature",   before_norm=False: ⟨m⊙f̂, P̂⟩ = (f̂⊙m)·P̂   (same value as prototype/False)
-      side="both",      before_norm=True : ⟨normalize(m⊙f̂), normalize(m⊙P̂)⟩
-            = [(f̂⊙m⊙m)·P̂] / (‖m⊙f̂‖·‖m⊙P̂‖)
-      side="both",      before_norm=False: ⟨m⊙f̂, m⊙P̂⟩ = (f̂⊙m⊙m)·P̂
-    "before_norm" means the mask acts before the (re-)normalisation; False means it scales an already
-    normalised vector, so the result is not a cosine and its magnitude shrinks with the mask.
-    Every row dot product over c is one (B, D) × (D, C) matrix product.
+    """cos_{i,c} (B, C) of L_mask (Eq. 15) with the masked prototypes of Eq. 10 (or the Table IV placement
+    ``side`` / ``before_norm``), in closed form: ``fastreid_dpmpp.masked_cosine``, the same function that
+    scores masked matching at test (SPEC §6).
 
     Args:
         features: (B, D); prototypes: (C, D); masks: (B, D).
     """
-    if side not in MASK_SIDES:
-        raise ValueError(f"arcface.py: side must be one of {MASK_SIDES}, got {side!r}")
     _check_shapes(prototypes, masks, features)
-    unit_features = F.normalize(features, dim=1)
-    unit_prototypes = F.normalize(prototypes, dim=1)
-    feature_mask = masks * masks if side == "both" else masks
-    cosine = (unit_features * feature_mask) @ unit_prototypes.t()
-    if not before_norm:
-        return cosine
-    if side in ("prototype", "both"):
-        cosine = cosine / _safe_norm_from_squared((masks * masks) @ (unit_prototypes * unit_prototypes).t())
-    if side in ("feature", "both"):
-        cosine = cosine / _safe_norm_from_squared(((masks * unit_features) ** 2).sum(1, keepdim=True))
-    return cosine
+    return masked_cosine(features, prototypes, masks, side=side, before_norm=before_norm)

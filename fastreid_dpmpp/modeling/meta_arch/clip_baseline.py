@@ -35,6 +35,13 @@ class CLIPBaseline(ViTReIDMetaArch):
         return losses
 
 
+    def neck_features(self, outputs):
+        features = {"bn_v": self.heads.bottleneck(outputs["cls"])}
+        if self.heads.has_proj and outputs.get("proj") is not None:
+            features["bn_vp"] = self.heads.bottleneck_proj(outputs["proj"])
+        return features
+
+
 def spt_ignore_masks(spt_info):
     """Partner classes to drop from the softmax and partner-identity negatives to drop from triplet mining."""
     if spt_info is None:

@@ -21,6 +21,8 @@ are masked (MASKED_PROTOTYPE "text", D_m = D_t).
 """
 import logging
 
+import torch
+import torch.nn.functional as F
 from fastreid.modeling.heads import build_heads
 from fastreid.modeling.losses.cross_entroy_loss import log_accuracy
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
@@ -28,8 +30,9 @@ from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from ...evaluation.masked_evaluator import pack_descriptor_and_mask
 from ..heads.dpm_head import TOKEN_BACKBONES, emits_query_masks
 from ..losses import batch_hard_triplet_loss, cross_entropy_with_ignored_classes, head_orthogonality_loss
+from ..mask_supervision import SOURCES as SUPERVISION_SOURCES, agreement_target, mask_supervision_loss
 from .clip_baseline import spt_ignore_masks
-from .vit_reid import ViTReIDMetaArch, head_config
+from .vit_reid import DESCRIPTORS, ViTReIDMetaArch, descriptor_layout, head_config
 
 __all__ = ["DPMPP"]
 
@@ -54,22 +57,84 @@ class DPMPP(ViTReIDMetaArch):
         self.mask_epsilon = losses.MASK.get("EPSILON", 0.0)  # DPM: no label smoothing on the margin branch
         self.tri_scale, self.tri_margin = losses.TRI.SCALE, losses.TRI.MARGIN
         self.hem_enabled, self.hem_scale = bool(losses.HEM.ENABLED), losses.HEM.SCALE
+        self.hem_reduction = losses.HEM.REDUCTION
         self.masked_matching = emits_query_masks(cfg)
-        self.mask_offset = self._mask_offset(cfg) if self.masked_matching else None
+        self.masked_part = self._masked_part(cfg) if self.masked_matching else None
+        self._init_mask_supervision(cfg.MODEL.LOSSES.MASK_SUPERVISION)
 
-    def _mask_offset(self, cfg):
-        """First descriptor dim the mask acts on: 0 (mask over v) or D (mask over v_p, text prototypes)."""
-        if cfg.MODEL.DPMPP.MASKED_PROTOTYPE != "text":
-            return 0
-        if self.descriptor != "concat":
-            raise ValueError("TEST.MASKED_MATCHING with MODEL.DPMPP.MASKED_PROTOTYPE 'text' masks the v_p part of "
-                             "the descriptor: it needs MODEL.DPMPP.DESCRIPTOR 'concat' and a CLIP backbone "
+    def _init_mask_supervision(self, options):
+        """MODEL.LOSSES.MASK_SUPERVISION [ours]: see ``modeling/mask_supervision.py``."""
+        self.supervision = str(options.SOURCE) if options.ENABLED else None
+        self.supervision_scale, self.supervision_keep = float(options.SCALE), float(options.KEEP)
+        if self.supervision is None:
+            return
+        if self.supervision not in SUPERVISION_SOURCES:
+            raise ValueError(f"MODEL.LOSSES.MASK_SUPERVISION.SOURCE must be one of {SUPERVISION_SOURCES}, "
+                             f"got {self.supervision!r}")
+        if self.heads.mask_generator is None:
+            raise ValueError("MODEL.LOSSES.MASK_SUPERVISION needs a mask generator (MODEL.DPMPP.DPM_ENABLED True and "
+                             "MASKED_PROTOTYPE 'visual' or 'text')")
+
+    def _masked_part(self, cfg):
+        """The descriptor part the query mask acts on: "vp" (text prototypes masked) or the v part ("v"/"bn_v")."""
+        wanted = ("vp",) if cfg.MODEL.DPMPP.MASKED_PROTOTYPE == "text" else ("v", "bn_v")
+        parts = [p for p in DESCRIPTORS[self.descriptor] if p in wanted]
+        if not parts:
+            raise ValueError(f"TEST.MASKED_MATCHING: the mask acts on {' or '.join(wanted)} (MODEL.DPMPP."
+                             f"MASKED_PROTOTYPE {cfg.MODEL.DPMPP.MASKED_PROTOTYPE!r}), which MODEL.DPMPP.DESCRIPTOR "
+                             f"{self.descriptor!r} does not contain; choose one of "
+                             f"{[d for d, ps in DESCRIPTORS.items() if set(ps) & set(wanted)]} "
                              "(or set TEST.MASKED_MATCHING.ENABLED False)")
-        return self.backbone.width
+        return parts[0]
 
-    def training_losses(self, outputs, targets, spt_info):
-        ignored, excluded = spt_ignore_masks(spt_info)
+    @property
+    def mask_span(self):
+        """[start, stop) of the descriptor dims the query mask acts on (the rest of the packed mask is ones)."""
+        widths = {"v": self.backbone.width, "bn_v": self.backbone.width, "vp": self.backbone.embed_dim or 0}
+        parts = DESCRIPTORS[self.descriptor]
+        start = sum(widths[p] for p in parts[:parts.index(self.masked_part)])
+        return [start, start + widths[self.masked_part]]
+
+    def training_forward(self, images, camids, targets):
+        """The base class's pass (SPT synthesis, backbone, losses), plus the mask supervision [ours] when on."""
+        spt_info = self.spt.synthesize(images, camids, targets) if self.spt is not None else None
+        transform = spt_info["patch_transform"] if spt_info is not None else None
+        outputs = self.backbone.forward_features(images, camids, patch_transform=transform)
         head = self.heads(outputs, targets)
+        losses = self.training_losses(outputs, targets, spt_info, head)
+        if self.supervision is not None:
+            losses["loss_mask_supervision"] = self.supervision_scale * self._mask_supervision(
+                images, camids, targets, outputs, head, spt_info)
+        return losses
+
+    def _mask_space(self, outputs):
+        """The feature the mask acts on, as the evaluator compares it: BN(v) with running statistics, or v_p."""
+        if self.heads.masked_prototype == "text":
+            return outputs["proj"]
+        neck = self.heads.bottleneck
+        return F.batch_norm(outputs["cls"], neck.running_mean, neck.running_var, neck.weight, neck.bias, False)
+
+    def _mask_supervision(self, images, camids, targets, outputs, head, spt_info):
+        if self.supervision == "prototype":
+            prototypes = self.heads.text_prototypes if self.heads.masked_prototype == "text" else self.heads.prototypes
+            target = agreement_target(self._mask_space(outputs), prototypes[targets], self.supervision_keep)
+            return mask_supervision_loss(head["mask"], target)
+        if spt_info is None:
+            raise ValueError("MODEL.LOSSES.MASK_SUPERVISION.SOURCE 'spt_pairs' needs SPT (SPT.ENABLED True and "
+                             "SPT.SPS_WEIGHTS)")
+        rows = spt_info["partners"] >= 0
+        if not bool(rows.any()):
+            return head["mask"].sum() * 0.0
+        with torch.no_grad():
+            clean = self.backbone.forward_features(images[rows], camids[rows] if camids is not None else None)
+        target = torch.zeros_like(head["mask"])
+        target[rows] = agreement_target(self._mask_space(outputs)[rows], self._mask_space(clean),
+                                        self.supervision_keep)
+        return mask_supervision_loss(head["mask"], target, rows)
+
+    def training_losses(self, outputs, targets, spt_info, head=None):
+        ignored, excluded = spt_ignore_masks(spt_info)
+        head = self.heads(outputs, targets) if head is None else head
         log_accuracy(head["id_logits"].detach(), targets)
 
         def ce(logits, epsilon):
@@ -86,11 +151,19 @@ class DPMPP(ViTReIDMetaArch):
                 losses[f"loss_triplet_{name}"] = self.tri_scale * batch_hard_triplet_loss(
                     outputs[name], targets, margin=self.tri_margin, excluded_negatives=excluded)
         if self.hem_enabled:
-            losses["loss_hem"] = self.hem_scale * head_orthogonality_loss(outputs["attn_logits"])
+            losses["loss_hem"] = self.hem_scale * head_orthogonality_loss(outputs["attn_logits"], self.hem_reduction)
         return losses
 
+    def neck_features(self, outputs):
+        features = {"bn_v": self.heads.bottleneck(outputs["cls"])}
+        mask = self.heads.mask_from(outputs)
+        if mask is not None:
+            features["mask"] = mask
+        return features
+
     def inference_outputs(self, outputs):
-        descriptor = self.test_descriptor(outputs)
         if not self.masked_matching:
-            return descriptor
-        return pack_descriptor_and_mask(descriptor, self.heads.mask_from(outputs), self.mask_offset)
+            return self.test_descriptor(outputs)
+        features = self.features_of(outputs)
+        descriptor, offsets = descriptor_layout(self.descriptor, features)
+        return pack_descriptor_and_mask(descriptor, features["mask"], offsets[self.masked_part])

@@ -17,10 +17,12 @@ class ViTReIDMetaArch(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(1, -1, 1, 1), False)
         self.descriptor = cfg.MODEL.DPMPP.DESCRIPTOR
-        if self.descriptor not in ("concat", "cls"):
-            raise ValueError(f"MODEL.DPMPP.DESCRIPTOR must be 'concat' or 'cls', got {self.descriptor!r}")
-        if self.descriptor == "concat" and self.backbone.embed_dim is None:
-            self.descriptor = "cls"  # a vanilla ViT has no CLIP projection
+        if self.descriptor not in DESCRIPTORS:
+            raise ValueError(f"MODEL.DPMPP.DESCRIPTOR must be one of {sorted(DESCRIPTORS)}, got {self.descriptor!r}")
+        if self.backbone.embed_dim is None and "vp" in DESCRIPTORS[self.descriptor]:
+            # a vanilla ViT has no CLIP projection: its descriptor is the v (or BN(v)) part alone
+            self.descriptor = "bn_cls" if "bn_v" in DESCRIPTORS[self.descriptor] else "cls"
+        self.sie_at_test = bool(cfg.MODEL.VIT.SIE_AT_TEST)
         # The SPT synthesiser holds a frozen SPS model: kept out of the module tree so that it is neither
         # trained, nor saved in this model's checkpoints, nor moved by .to().
         self._spt = [None]
@@ -45,6 +47,9 @@ class ViTReIDMetaArch(nn.Module):
         return (images - self.pixel_mean) / self.pixel_std
 
     def camera_ids(self, batched_inputs):
+        """Camera ids for SIE; None at test when MODEL.VIT.SIE_AT_TEST is False."""
+        if not self.training and not self.sie_at_test:
+            return None
         if isinstance(batched_inputs, dict) and "camids" in batched_inputs:
             return batched_inputs["camids"].to(self.device).long()
         return None
@@ -69,14 +74,57 @@ class ViTReIDMetaArch(nn.Module):
         outputs = self.backbone.forward_features(images, camids, patch_transform=patch_transform)
         return self.training_losses(outputs, targets, spt_info)
 
+    def features_of(self, outputs):
+        """Every per-image feature an evaluation may compare, by name: "v" (CLS feature), "vp" (CLIP projection,
+        CLIP family), plus what the subclass's necks and heads add (``neck_features``, e.g. "bn_v", "mask")."""
+        features = {"v": outputs["cls"]}
+        if outputs.get("proj") is not None:
+            features["vp"] = outputs["proj"]
+        features.update(self.neck_features(outputs))
+        return features
+
+    def neck_features(self, outputs):
+        """Subclasses: e.g. {"bn_v": BN(v)} and, for mask models, {"mask": m}."""
+        return {}
+
     def test_descriptor(self, outputs):
-        """concat[v, v_p] (CLIP-ReID) or v, L2-normalised (SPEC §1)."""
-        if self.descriptor == "concat":
-            return F.normalize(torch.cat([outputs["cls"], outputs["proj"]], dim=1), dim=1)
-        return F.normalize(outputs["cls"], dim=1)
+        """The MODEL.DPMPP.DESCRIPTOR descriptor (see ``DESCRIPTORS``), L2-normalised."""
+        return descriptor_layout(self.descriptor, self.features_of(outputs))[0]
 
     def inference_outputs(self, outputs):
         return self.test_descriptor(outputs)
+
+    @torch.no_grad()
+    def named_features(self, batched_inputs, use_cameras=True):
+        """``features_of`` for a batch (eval mode); ``use_cameras`` False leaves the camera embedding out."""
+        images = self.preprocess_image(batched_inputs)
+        camids = batched_inputs["camids"].to(self.device).long() if use_cameras and "camids" in batched_inputs else None
+        return self.features_of(self.backbone.forward_features(images, camids))
+
+
+# MODEL.DPMPP.DESCRIPTOR -> the features it concatenates (each part L2-normalised when there are two, then the
+# whole): "concat" = L2(concat[v, v_p]) as CLIP-ReID tests (one normalisation over both parts, SPEC §1);
+# "cls" = v; "bn_cls" = BN(v); "proj" = v_p; "concat_bn" = concat[L2 BN(v), L2 v_p] / sqrt 2 [ours].
+DESCRIPTORS = {"concat": ("v", "vp"), "cls": ("v",), "bn_cls": ("bn_v",), "proj": ("vp",),
+               "concat_bn": ("bn_v", "vp")}
+
+
+def descriptor_layout(name, features):
+    """(descriptor (B, W), {feature name: first dim of its part}) of DESCRIPTORS[name] built from ``features``.
+    A mask over v acts on the part of "v" or "bn_v"; a mask over v_p on the part of "vp"."""
+    parts = DESCRIPTORS[name]
+    missing = [p for p in parts if p not in features]
+    if missing:
+        raise ValueError(f"MODEL.DPMPP.DESCRIPTOR {name!r} needs {missing}, which this model does not compute")
+    tensors = [features[p] for p in parts]
+    if name == "concat_bn":
+        tensors = [F.normalize(t, dim=1) for t in tensors]
+    descriptor = F.normalize(torch.cat(tensors, dim=1), dim=1)
+    offsets, start = {}, 0
+    for part, tensor in zip(parts, tensors):
+        offsets[part] = start
+        start += tensor.shape[1]
+    return descriptor, offsets
 
 
 def head_config(cfg, backbone):
