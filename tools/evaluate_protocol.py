@@ -17,7 +17,8 @@ from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.data.benchmark import SPLITS, ensure_benchmark
 from fastreid_dpmpp.engine.defaults import load_config
-from fastreid_dpmpp.engine.protocol_eval import evaluate_model, write_results
+from fastreid_dpmpp.engine.protocol_eval import evaluate_model, interpolate_backbone, write_results
+from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
 from fastreid_dpmpp.engine.trainer import DPMPPTrainer, with_camera_count
 
 
@@ -29,6 +30,10 @@ def main(argv=None):
     parser.add_argument("--benchmark-dir", default="output/benchmark")
     parser.add_argument("--spaces", nargs="*", default=None, help="descriptor spaces (default: all the model has)")
     parser.add_argument("--output", required=True, help="results JSON")
+    parser.add_argument("--sps-weights", default="", help="a Stage II SPS checkpoint: adds the spatial-visibility "
+                        "reference (patch tokens pooled under its saliency)")
+    parser.add_argument("--interpolate", type=float, default=1.0,
+                        help="WiSE-FT: backbone = (1 - a) * zero-shot (MODEL.VIT.WEIGHTS) + a * fine-tuned (1.0 = off)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     setup_logger(name="fastreid")
@@ -36,9 +41,14 @@ def main(argv=None):
     cfg = load_config(args.config_file, list(args.opts) + ["DATASETS.ROOT", roots[args.splits[0]]])
     cfg = with_camera_count(cfg)
     model = DPMPPTrainer.build_model(cfg)
+    zero_shot = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     if cfg.MODEL.WEIGHTS:
         Checkpointer(model).load(cfg.MODEL.WEIGHTS)
-    results = evaluate_model(model, cfg, roots, spaces=args.spaces)
+    if args.interpolate != 1.0:
+        interpolate_backbone(model.backbone, zero_shot, args.interpolate)
+    sps_model = load_frozen_sps_model(cfg, args.sps_weights, key="--sps-weights") if args.sps_weights else None
+    results = evaluate_model(model, cfg, roots, spaces=args.spaces, sps_model=sps_model)
+    results["interpolate"] = args.interpolate
     write_results(args.output, results)
     return 0
 

@@ -18,6 +18,7 @@ from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.pretraining.clip_pretraining import PretrainRecipe, epoch_checkpoints, export_weights, pretrain
 from fastreid_dpmpp.pretraining.corpus import CORPUS_META, write_caption_csvs, write_corpus
+from fastreid_dpmpp.pretraining.zero_shot import reproduction_check
 
 
 def parse_args(argv=None):
@@ -68,7 +69,8 @@ def main(argv=None):
                       command="python tools/pretrain_clip.py " + " ".join(sys.argv[1:] if argv is None else argv),
                       recipe=vars(recipe), corpus=dict(seed=args.corpus_seed, num_ids=args.num_ids,
                                                        images_per_id=args.images_per_id, val_ids=args.val_ids,
-                                                       occluded_fraction=args.occluded_fraction))
+                                                       occluded_fraction=args.occluded_fraction),
+                      check=reproduction_check(args.export, os.path.join(args.output_dir, "reproduction_check")))
         with open(os.path.splitext(args.export)[0] + ".json", "w") as f:
             json.dump(record, f, indent=2, default=list)
         logger.info("exported epoch %d weights to %s (sha256 %s)", epoch, args.export, digest)

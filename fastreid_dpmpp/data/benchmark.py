@@ -18,10 +18,12 @@ import hashlib
 import json
 import os
 
+import numpy as np
+
 from .synthetic import FORMAT_VERSION, LAYOUT_DIRS, META_FILE, make_synthetic_benchmark
 
 __all__ = ["PROTOCOL_NAME", "GENERATOR_PARAMS", "TRAINING_PROTOCOLS", "SPLITS", "benchmark_id", "benchmark_root",
-           "ensure_benchmark", "benchmark_record", "content_sha256"]
+           "ensure_benchmark", "benchmark_record", "content_sha256", "benchmark_split"]
 
 PROTOCOL_NAME = "synthetic-occluded-v2"
 GENERATOR_PARAMS = dict(
@@ -94,3 +96,15 @@ def ensure_benchmark(base, training, split):
     with open(record_path, "w") as f:
         f.write(_canonical(record))
     return root
+
+
+def benchmark_split(root):
+    """Occluded queries, their unoccluded twins and the gallery of a benchmark root:
+    {"query", "query_holistic", "gallery"} -> (paths, pids, camids) as read by the dataset classes."""
+    from .datasets import OccludedDuke, OccludedDukeHolisticQuery
+    occluded, holistic = OccludedDuke(root=root), OccludedDukeHolisticQuery(root=root)
+
+    def unpack(items):
+        paths, pids, camids = zip(*items)
+        return list(paths), np.array(pids), np.array(camids)
+    return dict(query=unpack(occluded.query), query_holistic=unpack(holistic.query), gallery=unpack(occluded.gallery))

@@ -23,25 +23,42 @@ from ..data.benchmark import benchmark_id, benchmark_record
 from ..data.datasets import OccludedDuke, OccludedDukeHolisticQuery
 from ..data.synthetic import LAYOUT_DIRS, load_meta
 from ..evaluation import protocol as P
+from ..modeling.spt import binarize_saliency, resize_masks
 
 __all__ = ["extract_features", "split_features", "descriptor_spaces", "evaluate_split", "evaluate_model",
-           "ORACLE_KEEP_FRACTIONS"]
+           "interpolate_backbone", "pooled_patch_tokens", "ORACLE_KEEP_FRACTIONS"]
 
 logger = logging.getLogger("fastreid.dpmpp.protocol_eval")
 
 ORACLE_KEEP_FRACTIONS = (0.25, 0.5, 0.75)
 
 
+def pooled_patch_tokens(tokens, saliency, grid, sps_grid):
+    """The spatial-visibility reference: "patch_mean" = the mean of the last block's patch tokens (B, N, D), and
+    "patch_salient" = their mean over the patches the frozen Stage II model calls salient (saliency ≥ 0.5, resized
+    nearest from the SPS grid to the token grid; all patches when none is)."""
+    salient = resize_masks(binarize_saliency(saliency, sps_grid), grid).flatten(1).float()
+    salient = torch.where(salient.sum(1, keepdim=True) > 0, salient, torch.ones_like(salient))
+    return {"patch_mean": tokens.mean(1),
+            "patch_salient": (salient.unsqueeze(-1) * tokens).sum(1) / salient.sum(1, keepdim=True)}
+
+
 @torch.no_grad()
-def extract_features(model, cfg, items, use_cameras):
-    """Named features of ``items`` [(path, pid, camid)] with fast-reid's test transforms, as numpy arrays."""
+def extract_features(model, cfg, items, use_cameras, sps_model=None):
+    """Named features of ``items`` [(path, pid, camid)] with fast-reid's test transforms, as numpy arrays; with a
+    frozen SPS model, also the spatial-visibility reference (``pooled_patch_tokens``)."""
     dataset = CommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
     loader, _ = build_reid_test_loader(test_set=dataset, test_batch_size=cfg.TEST.IMS_PER_BATCH, num_query=0,
                                        num_workers=cfg.DATALOADER.NUM_WORKERS)
     model.eval()
     collected = {}
     for batch in loader:
-        for name, value in model.named_features(batch, use_cameras=use_cameras).items():
+        features = model.named_features(batch, use_cameras=use_cameras, with_patch_tokens=sps_model is not None)
+        if sps_model is not None:
+            saliency = sps_model.saliency(model.preprocess_image(batch), None)
+            features.update(pooled_patch_tokens(features.pop("patch_tokens"), saliency, model.backbone.grid_size,
+                                                sps_model.grid_size))
+        for name, value in features.items():
             collected.setdefault(name, []).append(value.float().cpu())
     return {name: torch.cat(values).numpy() for name, values in collected.items()}
 
@@ -51,13 +68,13 @@ def _labels(items):
     return list(paths), np.asarray(pids), np.asarray(camids)
 
 
-def split_features(model, cfg, root, use_cameras):
+def split_features(model, cfg, root, use_cameras, sps_model=None):
     """{"query", "query_holistic", "gallery"}: dict(features=..., paths, pids, camids) of one benchmark root."""
     occluded, holistic = OccludedDuke(root=root), OccludedDukeHolisticQuery(root=root)
     out = {}
     for name, items in (("query", occluded.query), ("query_holistic", holistic.query), ("gallery", occluded.gallery)):
         paths, pids, camids = _labels(items)
-        out[name] = dict(features=extract_features(model, cfg, items, use_cameras), paths=paths, pids=pids,
+        out[name] = dict(features=extract_features(model, cfg, items, use_cameras, sps_model), paths=paths, pids=pids,
                          camids=camids)
     return out
 
@@ -73,7 +90,7 @@ def descriptor_spaces(features):
     v, vp, bn_v, bn_vp = the single features. A mask over v acts on v, bn_v and the v part of both concats."""
     spaces = {}
     dim_v = features["v"].shape[1]
-    for name in ("v", "vp", "bn_v", "bn_vp"):
+    for name in ("v", "vp", "bn_v", "bn_vp", "patch_mean", "patch_salient"):
         if name in features:
             spaces[name] = (features[name], dim_v if name in ("v", "bn_v") else None)
     if "vp" in features:
@@ -147,12 +164,12 @@ def evaluate_space(space, descriptor, mask_dims, data, masks=None, kinds=None, c
     return out
 
 
-def evaluate_split(model, cfg, root, sie_settings=(False, True), spaces=None):
+def evaluate_split(model, cfg, root, sie_settings=(False, True), spaces=None, sps_model=None):
     """{f"sie_{on|off}": {space: evaluate_space(...)}, "masks": diagnostics} for one benchmark root."""
     has_sie = getattr(model.backbone, "num_cameras", 0) > 0
     result = {}
     for use_cameras in sie_settings if has_sie else (False,):
-        data = split_features(model, cfg, root, use_cameras)
+        data = split_features(model, cfg, root, use_cameras, sps_model)
         kinds, covered = _image_meta(root, data["query"]["paths"])
         stacked = {name: np.concatenate([data[s]["features"][name] for s in ("query", "query_holistic", "gallery")])
                    for name in data["query"]["features"]}
@@ -172,12 +189,13 @@ def evaluate_split(model, cfg, root, sie_settings=(False, True), spaces=None):
     return result
 
 
-def evaluate_model(model, cfg, roots, spaces=None, sie_settings=(False, True)):
+def evaluate_model(model, cfg, roots, spaces=None, sie_settings=(False, True), sps_model=None):
     """{split: evaluate_split(...)} for ``roots`` = {split name: benchmark root}, with the benchmark record."""
     results = {}
     for split, root in roots.items():
         logger.info("protocol evaluation on %s (%s)", split, root)
-        results[split] = dict(record=benchmark_record(root), **evaluate_split(model, cfg, root, sie_settings, spaces))
+        results[split] = dict(record=benchmark_record(root),
+                              **evaluate_split(model, cfg, root, sie_settings, spaces, sps_model))
     return dict(benchmark_id=benchmark_id(), splits=results)
 
 
@@ -185,3 +203,14 @@ def write_results(path, results):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(results, f, indent=1, default=float)
+
+
+@torch.no_grad()
+def interpolate_backbone(backbone, zero_shot_state, alpha):
+    """WiSE-FT (weight-space ensembling): every pretrained backbone tensor becomes (1 − α)·zero-shot + α·fine-tuned;
+    the camera table (not pretrained) stays fine-tuned."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"interpolation weight must be in [0, 1], got {alpha}")
+    for name, tensor in backbone.state_dict().items():
+        if name != "sie_embed" and name in zero_shot_state and tensor.is_floating_point():
+            tensor.copy_((1.0 - alpha) * zero_shot_state[name] + alpha * tensor)

@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.benchmark import benchmark_split
 from ..evaluation.protocol import per_query_metrics, query_distance, summarize
 from ..modeling.backbones.open_clip_configs import TINY_CLIP
 
-__all__ = ["OpenCLIPEncoder", "ProjectEncoder", "caption_retrieval", "zero_shot_reid", "benchmark_split"]
+__all__ = ["OpenCLIPEncoder", "ProjectEncoder", "caption_retrieval", "zero_shot_reid", "reproduction_check",
+           "CHECK_BENCHMARK"]
 
 logger = logging.getLogger("fastreid.dpmpp.pretraining.zero_shot")
 
@@ -107,18 +109,6 @@ def caption_retrieval(encoder, csv_path, ks=(1, 5)):
     return out
 
 
-def benchmark_split(root):
-    """Occluded-Duke query (occluded), query_holistic and gallery of a synthetic benchmark root:
-    dict of (paths, pids, camids) per split."""
-    from ..data.datasets import OccludedDuke, OccludedDukeHolisticQuery
-    occluded, holistic = OccludedDuke(root=root), OccludedDukeHolisticQuery(root=root)
-
-    def unpack(items):
-        paths, pids, camids = zip(*items)
-        return list(paths), np.array(pids), np.array(camids)
-    return dict(query=unpack(occluded.query), query_holistic=unpack(holistic.query), gallery=unpack(occluded.gallery))
-
-
 def zero_shot_reid(encoder, root, features=None):
     """mAP / Rank-k (in %) of occluded and holistic queries against the gallery, per image feature of the
     encoder (or only those named in ``features``)."""
@@ -134,3 +124,18 @@ def zero_shot_reid(encoder, root, features=None):
             metrics = per_query_metrics(dist, q_pids, g_pids, q_cams, g_cams)
             results[feature]["occluded" if query == "query" else "holistic"] = summarize(metrics)
     return results
+
+
+CHECK_BENCHMARK = dict(seed=101, train_seed=0, camera_seed=0, layout="occluded_duke", num_train_ids=2,
+                       images_per_train_id=2, num_test_ids=40, max_queries_per_id=2, gallery_images_per_id=4,
+                       num_distractor_ids=10)
+
+
+def reproduction_check(weights, workdir):
+    """Zero-shot mAP / Rank-1 of ``weights`` (open_clip's own image embedding) on a small benchmark written
+    from CHECK_BENCHMARK under ``workdir``: recorded beside shipped weights, recomputed by the tests."""
+    from ..data.synthetic import make_synthetic_benchmark
+    make_synthetic_benchmark(workdir, **CHECK_BENCHMARK)
+    reid = zero_shot_reid(OpenCLIPEncoder(weights), workdir)["vp"]
+    return dict(benchmark=CHECK_BENCHMARK, feature="open_clip vp",
+                values={q: {m: round(reid[q][m], 4) for m in ("mAP", "Rank-1")} for q in reid})

@@ -95,11 +95,16 @@ class ViTReIDMetaArch(nn.Module):
         return self.test_descriptor(outputs)
 
     @torch.no_grad()
-    def named_features(self, batched_inputs, use_cameras=True):
-        """``features_of`` for a batch (eval mode); ``use_cameras`` False leaves the camera embedding out."""
+    def named_features(self, batched_inputs, use_cameras=True, with_patch_tokens=False):
+        """``features_of`` for a batch (eval mode); ``use_cameras`` False leaves the camera embedding out;
+        ``with_patch_tokens`` adds "patch_tokens" (B, N, D), the last block's tokens after the final norm."""
         images = self.preprocess_image(batched_inputs)
         camids = batched_inputs["camids"].to(self.device).long() if use_cameras and "camids" in batched_inputs else None
-        return self.features_of(self.backbone.forward_features(images, camids))
+        outputs = self.backbone.forward_features(images, camids)
+        features = self.features_of(outputs)
+        if with_patch_tokens:
+            features["patch_tokens"] = outputs["patch_tokens"]
+        return features
 
 
 # MODEL.DPMPP.DESCRIPTOR -> the features it concatenates (each part L2-normalised when there are two, then the

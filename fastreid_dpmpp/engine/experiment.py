@@ -1,0 +1,266 @@
+"""Comparisons under the evaluation protocol (docs/EVALUATION.md): arms × seeds, trained on one training protocol
+of the frozen synthetic benchmark, every run evaluated by ``tools/evaluate_protocol.py`` on the same splits, and
+reported with mean ± std over seeds, paired per-seed deltas against a reference arm, bootstrap intervals over
+queries, and the random-ranking level.
+
+Output folder::
+
+    stages/seed<k>/stage1|stage2       Stage I (text prototypes) / Stage II (SPS) of seed k, shared by the arms
+    <arm>/seed<k>/                     one training run (fast-reid OUTPUT_DIR) + protocol.json + result.json
+
+An arm is a config file plus KEY VALUE overrides; ``needs`` says which hand-overs it takes ("text": Stage I's
+T -> MODEL.DPMPP.TEXT_PROTOTYPES; "sps": Stage II's SPS -> SPT.SPS_WEIGHTS). Finished runs are reused, an
+interrupted one resumes; a failed one is logged and the others go on.
+"""
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..checkpoint import atomic_write_text
+from ..data.benchmark import benchmark_id, ensure_benchmark
+from ..evaluation.protocol import bootstrap_interval
+from .ablation import _run_parallel
+from .pipeline import Stage, plan_stages, run_stage
+
+__all__ = ["Arm", "Setting", "run_experiment", "arm_values", "comparison_rows", "comparison_markdown"]
+
+logger = logging.getLogger("fastreid.dpmpp.experiment")
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    config: str
+    opts: tuple = ()
+    needs: tuple = ()          # subset of ("text", "sps")
+    weights_of: str = ""       # evaluate another arm's trained model (no training), e.g. with ``interpolate``
+    interpolate: float = 1.0   # WiSE-FT weight of the fine-tuned backbone (1.0 = the fine-tuned model itself)
+
+    def run_dir(self, root, seed):
+        return os.path.join(root, self.name, f"seed{seed}")
+
+    def trained_dir(self, root, seed):
+        return os.path.join(root, self.weights_of or self.name, f"seed{seed}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Which numbers of protocol.json a table reads: SIE at test, descriptor space, matching."""
+    sie: str = "sie_off"
+    space: str = "concat"
+    matching: str = "plain"    # "plain" | "masked" (falls back to plain for arms without masks)
+
+    def describe(self):
+        return f"SIE {self.sie[4:]} at test, descriptor {self.space}, {self.matching} matching"
+
+
+@dataclass
+class Experiment:
+    arms: list
+    seeds: list
+    training: str
+    root: str
+    benchmark_dir: str
+    stage_config: str                       # the DPM++ config whose Stage I / II (PIPELINE.STAGE2_CONFIG) arms share
+    opts: list = field(default_factory=list)
+    splits: tuple = ("val", "test1", "test2")
+    jobs: int = 1
+
+
+def _stage_dirs(exp, seed, train_root):
+    opts = list(exp.opts) + ["DATASETS.ROOT", train_root, "SEED", seed]
+    return plan_stages(exp.stage_config, os.path.join(exp.root, "stages", f"seed{seed}"), opts)[:2]
+
+
+def _prepare_stages(exp, train_root):
+    needs = {n for arm in exp.arms for n in arm.needs}
+    stages, jobs = {}, []
+    for seed in exp.seeds:
+        stage1, stage2 = _stage_dirs(exp, seed, train_root)
+        stages[seed] = (stage1, stage2)
+        for stage, need in ((stage1, "text"), (stage2, "sps")):
+            if need in needs and not stage.done():
+                log = os.path.join(stage.output_dir, "stage.log")
+                jobs.append((f"seed {seed} {stage.name}", lambda s=stage, log=log: run_stage(s, log, show_progress=False)))
+    if jobs:
+        _run_parallel(jobs, exp.jobs, lambda seconds: f"{seconds:.0f} s")
+    return stages
+
+
+def _arm_opts(exp, arm, seed, train_root, stages):
+    stage1, stage2 = stages[seed]
+    opts = list(exp.opts) + ["DATASETS.ROOT", train_root, "SEED", seed] + list(arm.opts)
+    if "text" in arm.needs:
+        opts += ["MODEL.DPMPP.TEXT_PROTOTYPES", stage1.artifact_path]
+    if "sps" in arm.needs:
+        opts += ["SPT.ENABLED", "True", "SPT.SPS_WEIGHTS", stage2.artifact_path]
+    return opts
+
+
+def _evaluate(trained_dir, run_dir, exp, log_path, interpolate=1.0):
+    command = [sys.executable, os.path.join(TOOLS, "evaluate_protocol.py"), "--config-file",
+               os.path.join(trained_dir, "config.yaml"), "--training", exp.training, "--benchmark-dir",
+               exp.benchmark_dir, "--splits", *exp.splits, "--output", os.path.join(run_dir, "protocol.json"),
+               "--interpolate", str(interpolate), "MODEL.WEIGHTS", os.path.join(trained_dir, "model_final.pth")]
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise RuntimeError(f"protocol evaluation failed (exit {code}); see {log_path}")
+
+
+def _train_and_evaluate(exp, arm, seed, train_root, stages):
+    run_dir, trained_dir = arm.run_dir(exp.root, seed), arm.trained_dir(exp.root, seed)
+    os.makedirs(run_dir, exist_ok=True)
+    log, seconds = os.path.join(run_dir, "train.log"), 0.0
+    if not arm.weights_of:
+        stage = Stage(f"{arm.name}/seed{seed}", "train_net.py", arm.config, run_dir, "model_final.pth",
+                      _arm_opts(exp, arm, seed, train_root, stages))
+        seconds = 0.0 if stage.done() else run_stage(stage, log, show_progress=False)
+    elif not os.path.isfile(os.path.join(trained_dir, "model_final.pth")):
+        raise RuntimeError(f"arm {arm.name} evaluates {arm.weights_of}, whose run {trained_dir} has no model_final.pth")
+    if not os.path.isfile(os.path.join(run_dir, "protocol.json")):
+        _evaluate(trained_dir, run_dir, exp, log, arm.interpolate)
+    result = dict(arm=arm.name, config=arm.config, opts=list(arm.opts), needs=list(arm.needs), seed=seed,
+                  training=exp.training, benchmark_id=benchmark_id(), train_seconds=round(seconds, 1))
+    atomic_write_text(json.dumps(result, indent=2), os.path.join(run_dir, "result.json"))
+    return result
+
+
+def run_experiment(exp):
+    """Train and evaluate every (arm, seed) that has no result yet; returns {(arm, seed): result dict}."""
+    train_root = ensure_benchmark(exp.benchmark_dir, exp.training, "val")
+    for split in exp.splits:
+        ensure_benchmark(exp.benchmark_dir, exp.training, split)
+    stages = _prepare_stages(exp, train_root)
+    for derived in (False, True):   # trained arms first, then those that evaluate another arm's weights
+        jobs = []
+        for seed in exp.seeds:
+            for arm in exp.arms:
+                if bool(arm.weights_of) == derived and \
+                        not os.path.isfile(os.path.join(arm.run_dir(exp.root, seed), "result.json")):
+                    jobs.append(((arm.name, seed),
+                                 lambda arm=arm, seed=seed: _train_and_evaluate(exp, arm, seed, train_root, stages)))
+        logger.info("experiment: %d %s run(s) on %d worker(s)", len(jobs), "evaluation" if derived else "training",
+                    exp.jobs)
+        _run_parallel(jobs, exp.jobs, lambda r: f"{r['train_seconds']:.0f} s")
+    return load_results(exp)
+
+
+def load_results(exp):
+    """{(arm name, seed): protocol.json contents} of the finished runs."""
+    results = {}
+    for arm in exp.arms:
+        for seed in exp.seeds:
+            path = os.path.join(arm.run_dir(exp.root, seed), "protocol.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    results[(arm.name, seed)] = json.load(f)
+    return results
+
+
+# ------------------------------------------------------------------------------------------ reporting
+def _space_result(protocol, split, setting):
+    spaces = protocol["splits"][split][setting.sie if setting.sie in protocol["splits"][split] else "sie_off"]
+    if setting.space not in spaces:
+        return None
+    return spaces[setting.space]
+
+
+def arm_values(protocol, split, setting):
+    """dict(mAP, R1, mAP_holistic, own_camera, per_query_ap) of one run under ``setting`` (None if the space is
+    missing). Masked matching is used when asked and the run has masks."""
+    space = _space_result(protocol, split, setting)
+    if space is None:
+        return None
+    matching = setting.matching if setting.matching in space else "plain"
+    summary = space[matching]
+    per_query = space["per_query_ap"][matching if matching in space["per_query_ap"] else "plain"]
+    return dict(mAP=summary["mAP"], R1=summary["Rank-1"], mAP_holistic=space["holistic"]["mAP"],
+                R1_holistic=space["holistic"]["Rank-1"], own_camera=summary["own_camera_top1"],
+                per_query_ap=np.asarray(per_query, float), matching=matching)
+
+
+def _mean_std(values):
+    values = np.asarray(values, float)
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def comparison_rows(results, arms, seeds, split, setting, reference):
+    """One dict per arm: mean ± std over seeds of mAP / R1 (occluded, holistic), and the paired delta of mAP
+    against ``reference``: per-seed deltas (mean ± std) and a bootstrap interval over queries of the
+    seed-averaged per-query AP difference."""
+    rows = []
+    reference_values = {s: arm_values(results[(reference, s)], split, setting) for s in seeds
+                        if (reference, s) in results}
+    for arm in arms:
+        values = {s: arm_values(results[(arm.name, s)], split, setting) for s in seeds if (arm.name, s) in results}
+        values = {s: v for s, v in values.items() if v is not None}
+        if not values:
+            continue
+        row = dict(arm=arm.name, seeds=sorted(values), matching=next(iter(values.values()))["matching"])
+        for key in ("mAP", "R1", "mAP_holistic", "R1_holistic", "own_camera"):
+            row[key] = _mean_std([v[key] for v in values.values()])
+        paired = [s for s in values if s in reference_values and reference_values[s] is not None]
+        if arm.name != reference and paired:
+            deltas = [values[s]["mAP"] - reference_values[s]["mAP"] for s in paired]
+            per_query = np.mean([values[s]["per_query_ap"] - reference_values[s]["per_query_ap"] for s in paired], 0)
+            per_query = per_query[np.isfinite(per_query)]
+            row["delta"] = _mean_std(deltas)
+            row["delta_ci"] = bootstrap_interval(100.0 * per_query)
+            row["holistic_delta"] = _mean_std([values[s]["mAP_holistic"] - reference_values[s]["mAP_holistic"]
+                                               for s in paired])
+        rows.append(row)
+    return rows
+
+
+def _fmt(pair):
+    return f"{pair[0]:.1f} ± {pair[1]:.1f}"
+
+
+def verdict(row):
+    """"gain" / "loss" when the delta is outside both the bootstrap interval's zero and twice the seed std."""
+    if "delta" not in row:
+        return "reference"
+    mean, std = row["delta"]
+    low, high = row["delta_ci"]
+    if (low > 0 or high < 0) and abs(mean) > 2 * std:
+        return "gain" if mean > 0 else "loss"
+    return "no difference"
+
+
+def comparison_markdown(rows, split, setting, chance=None):
+    from tabulate import tabulate
+    headers = ["arm", "matching", "mAP occ.", "R1 occ.", "mAP hol.", "own-cam top-1 %", "Δ mAP vs ref (per seed)",
+               "Δ 95% CI (queries)", "Δ mAP hol.", "reading"]
+    body = []
+    if chance:
+        body.append(["random ranking", "–", _fmt(chance["mAP"]), _fmt(chance["Rank-1"]), "", "", "", "", "", ""])
+    for row in rows:
+        body.append([row["arm"], row["matching"], _fmt(row["mAP"]), _fmt(row["R1"]), _fmt(row["mAP_holistic"]),
+                     f"{row['own_camera'][0]:.0f}", _fmt(row["delta"]) if "delta" in row else "",
+                     "[{:.1f}, {:.1f}]".format(*row["delta_ci"]) if "delta_ci" in row else "",
+                     _fmt(row["holistic_delta"]) if "holistic_delta" in row else "", verdict(row)])
+    title = f"Split {split}, {setting.describe()}; mean ± std over seeds (%)"
+    return f"{title}\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
+
+
+def protocol_chance(benchmark_dir, training, split, draws=100, seed=0):
+    """Random-ranking mAP / Rank-1 (mean, std over draws) of a split's occluded queries."""
+    from ..data.benchmark import benchmark_split
+    from ..evaluation.protocol import per_query_metrics, summarize
+    data = benchmark_split(ensure_benchmark(benchmark_dir, training, split))
+    _, q_pids, q_cams = data["query"]
+    _, g_pids, g_cams = data["gallery"]
+    rng = np.random.default_rng(seed)
+    values = [summarize(per_query_metrics(rng.random((len(q_pids), len(g_pids))), q_pids, g_pids, q_cams, g_cams))
+              for _ in range(draws)]
+    return {m: _mean_std([v[m] for v in values]) for m in ("mAP", "Rank-1")}

@@ -1,0 +1,129 @@
+"""The evaluation protocol (issue 12): per-query metrics equal fast-reid's ranking, bootstrap and paired intervals,
+breakdowns, own-camera share, oracle and shuffled masks, descriptor spaces, spatial reference, WiSE-FT, the frozen
+benchmark, and a protocol evaluation of a tiny model end to end."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastreid_dpmpp  # noqa: F401  (fast-reid import fixes first)
+from fastreid.evaluation.rank import evaluate_rank
+from fastreid_dpmpp.data import benchmark as B
+from fastreid_dpmpp.engine.protocol_eval import descriptor_spaces, interpolate_backbone, pooled_patch_tokens
+from fastreid_dpmpp.evaluation import protocol as P
+
+
+def _labels(rng, queries=30, gallery=80, ids=12, cams=4):
+    q_pids, g_pids = rng.integers(0, ids, queries), rng.integers(0, ids, gallery)
+    q_cams, g_cams = rng.integers(0, cams, queries), rng.integers(0, cams, gallery)
+    return q_pids, g_pids, q_cams, g_cams
+
+
+def test_per_query_metrics_equal_fastreid_evaluate_rank():
+    rng = np.random.default_rng(0)
+    q_pids, g_pids, q_cams, g_cams = _labels(rng)
+    dist = rng.random((len(q_pids), len(g_pids)))
+    metrics = P.per_query_metrics(dist, q_pids, g_pids, q_cams, g_cams)
+    cmc, all_ap, _ = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=10, use_cython=False)
+    assert np.allclose(np.sort(metrics["ap"][metrics["valid"]]), np.sort(all_ap))
+    summary = P.summarize(metrics)
+    assert summary["mAP"] == pytest.approx(100 * np.mean(all_ap))
+    assert summary["Rank-1"] == pytest.approx(100 * cmc[0]) and summary["Rank-5"] == pytest.approx(100 * cmc[4])
+    # the first kept gallery row: nearest row that is not the query's own identity from its own camera
+    for q in range(len(q_pids)):
+        kept = [g for g in np.argsort(dist[q], kind="stable") if not (g_pids[g] == q_pids[q] and g_cams[g] == q_cams[q])]
+        assert metrics["top1"][q] == kept[0]
+
+
+def test_bootstrap_interval_and_paired_delta():
+    rng = np.random.default_rng(1)
+    values = rng.normal(5.0, 2.0, 400)
+    low, high = P.bootstrap_interval(values, seed=0)
+    assert low < values.mean() < high and high - low == pytest.approx(2 * 1.96 * 2.0 / 20, rel=0.25)
+    a = dict(ap=rng.random(200), valid=np.ones(200, bool))
+    b = dict(ap=a["ap"] + 0.05, valid=np.ones(200, bool))
+    delta = P.paired_delta(a, b)
+    assert delta["delta"] == pytest.approx(5.0) and delta["low"] == pytest.approx(5.0) and delta["high"] == pytest.approx(5.0)
+    noisy = dict(ap=a["ap"] + rng.normal(0, 0.2, 200), valid=np.ones(200, bool))
+    spread = P.paired_delta(a, noisy)
+    assert spread["low"] < spread["delta"] < spread["high"] and spread["low"] < 0 < spread["high"]
+
+
+def test_breakdowns_coverage_bins_and_own_camera_share():
+    metrics = dict(ap=np.array([1.0, 0.5, 0.0, 0.25]), first_hit=np.array([1.0, 2.0, 12.0, 4.0]),
+                   top1=np.array([0, 1, 2, 0]), valid=np.array([True, True, True, False]))
+    by_kind = P.breakdown(metrics, ["car", "car", "bush", "bush"])
+    assert by_kind["car"]["mAP"] == pytest.approx(75.0) and by_kind["bush"]["queries"] == 1
+    assert list(P.coverage_bins([0.0, 0.25, 0.35, 0.6])) == ["none", "0.2-0.3", "0.3-0.4", "0.5-0.6"]
+    share = P.own_camera_top1_share(metrics, query_camids=[1, 2, 3, 1], gallery_camids=[1, 5, 3])
+    assert share == pytest.approx(100 * 2 / 3)
+    assert P.chance_own_camera_share([1, 2], [1, 1, 2, 3]) == pytest.approx(100 * (0.5 + 0.25) / 2)
+
+
+def test_oracle_masks_keep_the_least_changed_channels_and_shuffle_is_a_derangement():
+    occluded = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    holistic = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    masks = P.oracle_channel_masks(occluded, holistic, 0.5)
+    assert masks.sum(1).tolist() == [2.0, 2.0]
+    assert masks[0, 1] == 0.0      # the channel the occlusion changed most is dropped
+    rows = np.arange(10)[:, None] * np.ones((10, 3))
+    shuffled = P.shuffled_rows(rows, seed=3)
+    assert sorted(shuffled[:, 0].tolist()) == list(range(10)) and (shuffled[:, 0] != np.arange(10)).all()
+
+
+def test_masked_query_distance_drops_occluded_channels():
+    """A query whose second half is corrupted: masking it finds the true match, plain cosine does not."""
+    gallery = np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 1.0]])
+    query = np.array([[1.0, 1.0, 1.0, 1.0]])
+    plain = P.query_distance(query, gallery)
+    masked = P.query_distance(query, gallery, np.array([[1.0, 1.0, 0.0, 0.0]]))
+    assert plain[0, 1] < plain[0, 0] and masked[0, 0] < masked[0, 1]
+
+
+def test_descriptor_spaces_pooled_patch_tokens_and_interpolation():
+    rng = np.random.default_rng(0)
+    features = {"v": rng.normal(size=(5, 8)), "vp": rng.normal(size=(5, 4)), "bn_v": rng.normal(size=(5, 8))}
+    spaces = descriptor_spaces(features)
+    assert set(spaces) == {"v", "vp", "bn_v", "concat", "concat_bn"}
+    concat, dims = spaces["concat"]
+    assert dims == 8 and np.allclose(np.linalg.norm(concat, axis=1), 1.0)
+    expected = F.normalize(torch.tensor(np.concatenate([features["v"], features["vp"]], 1)), dim=1).numpy()
+    assert np.allclose(concat, expected)
+
+    tokens = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    saliency = torch.tensor([[0.9, 0.1, 0.8, 0.2], [0.1, 0.1, 0.1, 0.1]])
+    pooled = pooled_patch_tokens(tokens, saliency, grid=(2, 2), sps_grid=(2, 2))
+    assert torch.allclose(pooled["patch_salient"][0], tokens[0, [0, 2]].mean(0))
+    assert torch.allclose(pooled["patch_salient"][1], tokens[1].mean(0))     # nothing salient: all patches
+    assert torch.allclose(pooled["patch_mean"], tokens.mean(1))
+
+    backbone = torch.nn.Linear(3, 2)
+    backbone.register_parameter("sie_embed", torch.nn.Parameter(torch.ones(2, 2)))
+    zero_shot = {k: torch.zeros_like(v) for k, v in backbone.state_dict().items()}
+    fine = {k: v.clone() for k, v in backbone.state_dict().items()}
+    interpolate_backbone(backbone, zero_shot, 0.25)
+    assert torch.allclose(backbone.weight, 0.25 * fine["weight"]) and torch.equal(backbone.sie_embed, fine["sie_embed"])
+
+
+def test_benchmark_is_frozen_and_hashed(tmp_path, monkeypatch):
+    first = B.benchmark_id()
+    monkeypatch.setitem(B.GENERATOR_PARAMS, "num_test_ids", 201)
+    assert B.benchmark_id() != first
+    monkeypatch.setattr(B, "GENERATOR_PARAMS", dict(B.GENERATOR_PARAMS, num_train_ids=3, images_per_train_id=2,
+                                                     num_test_ids=4, num_distractor_ids=1, max_queries_per_id=1))
+    occluded = B.ensure_benchmark(str(tmp_path), "occluded", "val")
+    holistic = B.ensure_benchmark(str(tmp_path), "holistic", "val")
+    record = B.benchmark_record(occluded)
+    assert record["benchmark_id"] == B.benchmark_id() and record["content_sha256"] == B.content_sha256(occluded)
+    train = lambda root: sorted(os.listdir(os.path.join(root, "Occluded_Duke", "bounding_box_train")))
+    assert train(occluded) == train(holistic)          # the same training images, with or without occluders
+    with open(os.path.join(holistic, "Occluded_Duke", "meta.json")) as f:
+        assert json.load(f)["summary"]["occluded_fraction"]["bounding_box_train"] == 0.0
+    split = B.benchmark_split(occluded)
+    assert len(split["query"][0]) == len(split["query_holistic"][0])
+    assert B.ensure_benchmark(str(tmp_path), "occluded", "val") == occluded      # reused, not rewritten
+    with pytest.raises(ValueError, match="training protocol"):
+        B.benchmark_root(str(tmp_path), "occludedd", "val")

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Run a comparison of arms under the evaluation protocol (docs/EVALUATION.md) and report it:
+
+    python tools/compare.py --spec configs/Synthetic/experiments/baselines.yml --jobs 2 [KEY VALUE ...]
+
+The spec (YAML) names the training protocol, the seeds, the arms (config + overrides + hand-overs), the reference
+arm and the setting (SIE at test, descriptor space, matching) of the headline table; every run is evaluated on
+every split, and a table is written per split: mean ± std over seeds, paired deltas against the reference with
+bootstrap intervals over queries, the random-ranking level. Finished runs are reused; ``--report-only`` trains
+nothing. Trailing KEY VALUE pairs are added to every run (e.g. a smaller budget).
+"""
+import argparse
+import json
+import os
+import sys
+
+import yaml
+
+import fastreid_dpmpp  # noqa: F401
+from fastreid.utils.logger import setup_logger
+
+from fastreid_dpmpp.checkpoint import atomic_write_text
+from fastreid_dpmpp.engine.experiment import (Arm, Experiment, Setting, comparison_markdown, comparison_rows,
+                                              load_results, protocol_chance, run_experiment)
+
+
+def load_spec(path):
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    folder = os.path.dirname(os.path.abspath(path))
+    missing = [k for k in ("training", "seeds", "arms", "stage_config") if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: the experiment spec lacks {missing}")
+    configs = {a["name"]: a.get("config") for a in spec["arms"]}
+    arms = [Arm(a["name"], os.path.normpath(os.path.join(folder, a.get("config") or configs[a["weights_of"]])),
+                tuple(str(o) for o in a.get("opts", [])), tuple(a.get("needs", [])), a.get("weights_of", ""),
+                float(a.get("interpolate", 1.0))) for a in spec["arms"]]
+    for arm in arms:
+        if not os.path.isfile(arm.config):
+            raise FileNotFoundError(f"{path}: arm {arm.name!r}: config file {arm.config} does not exist")
+    return spec, arms, os.path.normpath(os.path.join(folder, spec["stage_config"]))
+
+
+def settings_of(spec):
+    return [Setting(**s) for s in spec.get("settings", [spec.get("setting", {})])]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", required=True, help="experiment spec (YAML)")
+    parser.add_argument("--output-dir", default=None, help="default: output/experiments/<spec name>")
+    parser.add_argument("--benchmark-dir", default="output/benchmark")
+    parser.add_argument("--report-dir", default=None, help="default: the output dir")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("opts", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    setup_logger(name="fastreid")
+    spec, arms, stage_config = load_spec(args.spec)
+    name = os.path.splitext(os.path.basename(args.spec))[0]
+    root = os.path.abspath(args.output_dir or os.path.join("output", "experiments", name))
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    exp = Experiment(arms=arms, seeds=[int(s) for s in spec["seeds"]], training=spec["training"], root=root,
+                     benchmark_dir=os.path.abspath(args.benchmark_dir), stage_config=stage_config,
+                     opts=list(spec.get("opts", [])) + list(args.opts), splits=tuple(spec.get("splits", ("val", "test1", "test2"))),
+                     jobs=args.jobs)
+    results = load_results(exp) if args.report_only else run_experiment(exp)
+    report_dir = args.report_dir or root
+    os.makedirs(report_dir, exist_ok=True)
+    reference = spec.get("reference", arms[0].name)
+    text, payload = [f"Experiment `{args.spec}` (training protocol {exp.training}, seeds {exp.seeds}, "
+                     f"budget opts {exp.opts})\n"], {}
+    for setting in settings_of(spec):
+        for split in exp.splits:
+            rows = comparison_rows(results, arms, exp.seeds, split, setting, reference)
+            chance = protocol_chance(exp.benchmark_dir, exp.training, split)
+            text.append(comparison_markdown(rows, split, setting, chance))
+            payload[f"{split}|{setting.describe()}"] = dict(rows=rows, chance=chance)
+    atomic_write_text("\n".join(text), os.path.join(report_dir, f"{name}.md"))
+    atomic_write_text(json.dumps(payload, indent=1, default=float), os.path.join(report_dir, f"{name}.json"))
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
