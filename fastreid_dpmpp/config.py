@@ -38,6 +38,9 @@ def add_dpmpp_config(cfg):
     # (0, 0) = infer: square if the row count is a square, else the factorisation closest to this grid's aspect
     _C.MODEL.VIT.PRETRAIN_GRID = (0, 0)
     _C.MODEL.VIT.QUICK_GELU = True          # OpenAI CLIP weights were trained with QuickGELU
+    # TorchScript archive (OpenAI's .pt) that the restricted reader cannot parse: True = load it with open_clip's
+    # OpenAI loader, whose torch.jit.load RUNS the archive's TorchScript code (trusted files only) [ours]
+    _C.MODEL.VIT.ALLOW_TORCHSCRIPT_LOADER = False
     _C.MODEL.VIT.SIE_ENABLED = True         # side-information (camera) embedding, Eq. 2
     _C.MODEL.VIT.SIE_MODE = "cls"           # "all" tokens (paper Eq. 2) or "cls" token only (CLIP-ReID) [pred]
     _C.MODEL.VIT.SIE_AT_TEST = True         # add the camera embedding at test too (TransReID / CLIP-ReID) [pred]

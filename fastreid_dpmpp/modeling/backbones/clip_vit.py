@@ -451,7 +451,8 @@ def build_clip_model(cfg) -> nn.Module:
     fit_tower_to_grid(model.visual, "clip", _size_train(cfg), _pair(cfg.MODEL.BACKBONE.STRIDE_SIZE,
                                                                     "MODEL.BACKBONE.STRIDE_SIZE"))
     if cfg.MODEL.VIT.WEIGHTS:
-        load_clip_weights(model, cfg.MODEL.VIT.WEIGHTS, _arch_description(cfg), source_grid=_pretrain_grid(cfg))
+        load_clip_weights(model, cfg.MODEL.VIT.WEIGHTS, _arch_description(cfg), source_grid=_pretrain_grid(cfg),
+                          allow_torchscript_loader=bool(cfg.MODEL.VIT.ALLOW_TORCHSCRIPT_LOADER))
     return model
 
 
@@ -467,7 +468,8 @@ def build_clip_visual(cfg) -> nn.Module:
                                                               "MODEL.BACKBONE.STRIDE_SIZE"))
     if cfg.MODEL.VIT.WEIGHTS:
         load_clip_visual_weights(visual, cfg.MODEL.VIT.WEIGHTS, _arch_description(cfg),
-                                 source_grid=_pretrain_grid(cfg))
+                                 source_grid=_pretrain_grid(cfg),
+                                 allow_torchscript_loader=bool(cfg.MODEL.VIT.ALLOW_TORCHSCRIPT_LOADER))
     return visual
 
 
