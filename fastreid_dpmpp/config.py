@@ -47,6 +47,10 @@ def add_dpmpp_config(cfg):
     _C.MODEL.VIT.NUM_CAMERAS = 0            # rows of S; 0 = number of training cameras of the dataset
     _C.MODEL.VIT.TAPS = (2, 4, 10, 12)      # 1-based blocks whose patch tokens feed HMG / SPS [pred]
     _C.MODEL.BACKBONE.TAP_STAGES = (1, 2, 3, 4)  # CNN (build_tapped_resnet_backbone): ResNet stages feeding HMG
+    # Names of the training cameras in SIE-row order ("<dataset>_<cam>"), filled with NUM_CAMERAS from the training
+    # data; () = camera c is row c. A test camera not listed (unseen in training) gets the mean of the rows, decided
+    # when the model is built, with one warning per test set (engine/cameras.py; measured: docs/BAD_INPUTS.md) [ours]
+    _C.MODEL.VIT.TRAIN_CAMERAS = ()
 
     # ---------------------------------------------------------------- DPM++ model (SPEC §5)
     _C.MODEL.DPMPP = CN()

@@ -7,7 +7,6 @@ import time
 
 import torch
 from fastreid.data.build import _test_loader_from_config, build_reid_test_loader
-from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.engine import DefaultTrainer
 from fastreid.engine.train_loop import SimpleTrainer
 from fastreid.evaluation import ReidEvaluator
@@ -20,7 +19,8 @@ from ..evaluation.masked_evaluator import MaskedReidEvaluator
 from ..evaluation.rerank import RerankReidEvaluator, uses_rerank_evaluator
 from ..modeling.heads.dpm_head import emits_query_masks, has_mask_generator
 from ..text_prototypes import load_text_prototypes
-from .defaults import apply_dataset_root, dataset_root
+from .cameras import test_camera_rows, training_cameras, with_camera_count  # noqa: F401  (with_camera_count: API)
+from .defaults import apply_dataset_root
 from .nan_guard import with_non_finite_guard
 from .resume import EpochSeedHook
 
@@ -37,24 +37,7 @@ def write_eval_results(output_dir, results):
 
 def count_training_cameras(cfg):
     """Number of distinct cameras over the training datasets (rows of the SIE table)."""
-    cameras = set()
-    for name in cfg.DATASETS.NAMES:
-        dataset = DATASET_REGISTRY.get(name)(root=dataset_root(cfg), combineall=cfg.DATASETS.COMBINEALL)
-        cameras.update(camid for _, _, camid in dataset.train)
-    return len(cameras)
-
-
-def with_camera_count(cfg):
-    """Fill MODEL.VIT.NUM_CAMERAS from the training data when SIE is on and the config leaves it at 0."""
-    if "VIT" not in cfg.MODEL or cfg.MODEL.VIT.NUM_CAMERAS > 0 or not cfg.MODEL.VIT.SIE_ENABLED:
-        return cfg
-    apply_dataset_root(cfg)
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.VIT.NUM_CAMERAS = count_training_cameras(cfg)
-    logger.info(f"Auto-scaling MODEL.VIT.NUM_CAMERAS={cfg.MODEL.VIT.NUM_CAMERAS}")
-    cfg.freeze()
-    return cfg
+    return len(training_cameras(cfg))
 
 
 def _unwrapped(model):
@@ -231,6 +214,8 @@ class DPMPPTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         # fast-reid's test loader always uses 4 workers; honour DATALOADER.NUM_WORKERS (2-core machines).
+        # Camera ids become SIE rows; cameras training never saw get distinct ids >= NUM_CAMERAS (engine/cameras.py).
         apply_dataset_root(cfg)
         args = _test_loader_from_config(cfg, dataset_name=dataset_name)
+        args["test_set"].img_items, _ = test_camera_rows(cfg, dataset_name, args["test_set"].img_items)
         return build_reid_test_loader(**args, num_workers=cfg.DATALOADER.NUM_WORKERS)

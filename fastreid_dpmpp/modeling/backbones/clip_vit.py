@@ -281,18 +281,27 @@ class ReIDViT(nn.Module):
         return x, logits
 
     def _add_sie(self, x: torch.Tensor, camids) -> torch.Tensor:
-        """+ λ_sie · S[cam] on every token ("all", Eq. 2) or on the class token ("cls")."""
+        """+ λ_sie · S[cam] on every token ("all", Eq. 2) or on the class token ("cls"). An id >= the table's rows
+        is a camera training never saw (engine/cameras.py maps test cameras so): it gets the mean of the rows."""
         if camids is None or self.sie_embed is None:
             return x
         camids = torch.as_tensor(camids, device=x.device).long().reshape(-1)
         if camids.numel() != x.shape[0]:
             raise ValueError(f"got {camids.numel()} camera ids for a batch of {x.shape[0]} images")
-        low, high = int(camids.min()), int(camids.max())
-        if low < 0 or high >= self.num_cameras:
-            raise ValueError(f"camera id {high if high >= self.num_cameras else low} is out of range: the SIE "
-                             f"table has {self.num_cameras} rows (MODEL.VIT.NUM_CAMERAS), ids must be in "
-                             f"0..{self.num_cameras - 1}")
-        sie = (self.sie_coe * self.sie_embed[camids]).to(x.dtype).unsqueeze(1)
+        if int(camids.min()) < 0:
+            raise ValueError(f"camera id {int(camids.min())} is negative: ids must be >= 0 (0..{self.num_cameras - 1}"
+                             f" = the training cameras of the SIE table, larger = a camera training never saw)")
+        unseen = camids >= self.num_cameras
+        rows = torch.where(unseen[:, None], self.sie_embed.mean(0, keepdim=True),
+                           self.sie_embed[camids.clamp(max=self.num_cameras - 1)])
+        if not torch.jit.is_tracing() and bool(unseen.any()):
+            noted = self.__dict__.setdefault("_unseen_cameras_noted", set())
+            new = sorted(set(camids[unseen].tolist()) - noted)
+            if new:
+                noted.update(new)
+                logger.info("SIE: camera id(s) %s are beyond the %d training cameras: mean camera embedding",
+                            new, self.num_cameras)
+        sie = (self.sie_coe * rows).to(x.dtype).unsqueeze(1)
         if self.sie_mode == "all":
             return x + sie
         return torch.cat([x[:, :1] + sie, x[:, 1:]], dim=1)
