@@ -21,6 +21,7 @@ from ..modeling.heads.dpm_head import emits_query_masks, has_mask_generator
 from ..text_prototypes import load_text_prototypes
 from .cameras import test_camera_rows, training_cameras, with_camera_count  # noqa: F401  (with_camera_count: API)
 from .defaults import apply_dataset_root
+from .final_checkpoint import with_safe_evaluation
 from .nan_guard import with_non_finite_guard
 from .resume import EpochSeedHook
 
@@ -167,8 +168,9 @@ class DPMPPTrainer(DefaultTrainer):
         if self.cfg.SEED >= 0:
             # first, so that every epoch starts from (SEED, epoch): --resume then continues exactly (engine/resume.py)
             ret.insert(0, EpochSeedHook(self.cfg.SEED, deterministic_cpu=str(self.cfg.MODEL.DEVICE) == "cpu"))
-        # a NaN / inf loss stops with the terms named; weights are checked before they are evaluated or saved
-        return with_non_finite_guard(ret)
+        # a NaN / inf loss stops with the terms named; weights are checked before they are evaluated or saved;
+        # model_final.pth is written before the final evaluation, whose errors name it and the --eval-only command
+        return with_safe_evaluation(with_non_finite_guard(ret), self)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
