@@ -9,6 +9,7 @@ The artifact of one stage is passed to the next through config keys:
     Stage II  -> <out>/stage2/<STAGE2.OUTPUT>     -> SPT.SPS_WEIGHTS (and SPT.ENABLED True)
     Stage III -> <out>/stage3/model_final.pth     -> evaluated with fast-reid's evaluator
 """
+import collections
 import logging
 import os
 import re
@@ -18,11 +19,13 @@ import time
 from dataclasses import dataclass, field
 
 from .defaults import load_config
+from .progress import EpochProgress
 
 logger = logging.getLogger("fastreid.dpmpp.pipeline")
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
 _PROGRESS = re.compile(r"eta: (\S+)\s+epoch/iter: (\d+)/(\d+)\s+total_loss: (\S+)")
+_TAIL_LINES = 40
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Stage:
     output_dir: str
     artifact: str
     opts: list = field(default_factory=list)
+    epochs: int = None      # for the progress line; None = read from the config (STAGE1 / SOLVER.MAX_EPOCH)
 
     @property
     def artifact_path(self):
@@ -62,30 +66,50 @@ def plan_stages(config_file, output_dir, opts=()):
     return [stage1, stage2, stage3]
 
 
-def run_stage(stage, log_file, show_progress=True):
-    """Run one stage as a child process; its full log goes to ``log_file``, a one-line progress to the console."""
+def stage_epochs(stage):
+    """Number of epochs the stage trains (its config, with the stage's options)."""
+    if stage.epochs:
+        return int(stage.epochs)
+    cfg = load_config(stage.config_file, stage.opts)
+    return int(cfg.STAGE1.MAX_EPOCH if stage.script == "train_stage1.py" else cfg.SOLVER.MAX_EPOCH)
+
+
+def run_stage(stage, log_file, show_progress=True, stream=None):
+    """Run one stage as a child process; its full log goes to ``log_file``, its progress to ``stream`` (default
+    stdout): a bar redrawn in place on a terminal, one line per epoch (loss, ETA) otherwise (``EpochProgress``).
+    A failed stage raises RuntimeError with the last lines of its output (the error, and where the weights are)."""
     os.makedirs(stage.output_dir, exist_ok=True)
     command = [sys.executable, os.path.join(TOOLS, stage.script), "--config-file", stage.config_file, "--resume",
                *map(str, stage.opts), "OUTPUT_DIR", stage.output_dir]
     start = time.time()
+    progress = EpochProgress(f"[{stage.name}]", stage_epochs(stage), stream) if show_progress else None
+    tail = collections.deque(maxlen=_TAIL_LINES)
     with open(log_file, "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env=dict(os.environ, PYTHONUNBUFFERED="1"))
         for line in process.stdout:
             log.write(line)
+            tail.append(line.rstrip("\n"))
             match = _PROGRESS.search(line)
-            if match and show_progress:
-                eta, epoch, it, loss = match.groups()
-                print(f"\r  [{stage.name}] epoch {epoch} iter {it} loss {loss} eta {eta}      ", end="", flush=True)
+            if match and progress is not None:
+                eta, epoch, _, loss = match.groups()
+                progress.report(int(epoch) + 1, loss, eta)   # fast-reid logs the 0-based epoch at its end
         process.wait()
-    if show_progress:
-        print(f"\r  [{stage.name}] finished in {time.time() - start:.0f} s" + " " * 30, flush=True)
+    if progress is not None:
+        progress.finish(f"finished in {time.time() - start:.0f} s" if process.returncode == 0 else
+                        f"failed after {time.time() - start:.0f} s")
     if process.returncode != 0:
-        raise RuntimeError(f"Stage {stage.name} failed (exit {process.returncode}); see {log_file}")
+        raise RuntimeError(f"Stage {stage.name} failed (exit {process.returncode}); full log: {log_file}. Its last "
+                           f"lines:\n" + "\n".join(f"    {line}" for line in _error_lines(tail)))
     if not stage.done():
         raise RuntimeError(f"Stage {stage.name} finished but did not write {stage.artifact_path}; see {log_file}")
     return time.time() - start
+
+
+def _error_lines(tail, count=10):
+    """The last lines a failed stage wrote: the exception, and the notes saying where its weights are."""
+    return [line for line in tail if line.strip()][-count:]
 
 
 def run_pipeline(config_file, output_dir, opts=(), show_progress=True):
