@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 logger = logging.getLogger("fastreid.dpmpp.compat")
 
@@ -236,9 +237,11 @@ def fix_best_checkpoint_reload():
     """``PeriodicCheckpointer`` stores ``metric`` (a numpy float) in ``model_best.pth``; torch >= 2.6 loads
     with ``weights_only=True`` and refuses numpy scalars. Checkpoints are now written with plain Python
     numbers (atomically, see :func:`fastreid_dpmpp.checkpoint.atomic_torch_save`), and files written by
-    stock fast-reid load with numpy's scalar types allow-listed."""
+    stock fast-reid load with numpy's scalar types allow-listed. A file that is no checkpoint (text, truncated,
+    a tensor, a dict without "model") is refused naming the file, its size and what was expected, instead of
+    fast-reid's ``KeyError: 'model'`` or torch's advice to load it with ``weights_only=False``."""
     from fastreid.utils.checkpoint import Checkpointer
-    from fastreid_dpmpp.checkpoint import atomic_torch_save, trusted_torch_load
+    from fastreid_dpmpp.checkpoint import atomic_torch_save, check_fastreid_checkpoint, trusted_torch_load
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -254,7 +257,7 @@ def fix_best_checkpoint_reload():
         self.tag_last_checkpoint(basename)
 
     def _load_file(self, f):
-        return trusted_torch_load(f)
+        return check_fastreid_checkpoint(trusted_torch_load(f), f)
 
     Checkpointer.save = save
     Checkpointer._load_file = _load_file
@@ -307,6 +310,81 @@ def fix_metric_printer_division_by_zero():
     CommonMetricPrinter.write = write
 
 
+# Transparent pixels are laid over the pixel mean of the configs (CLIP's / ImageNet's, ~(123, 117, 104) in 0-255):
+# after normalisation they are ~0, the least informative input.
+TRANSPARENT_BACKGROUND = (123, 117, 104)
+
+
+def _to_8bit_gray(image):
+    """16-bit / 32-bit integer or float grayscale -> 8-bit "L" (16-bit values scaled by 1/257, floats in 0..1 by
+    255); Pillow's own convert clips such images to white."""
+    a = np.asarray(image, dtype=np.float64)
+    peak = float(np.nanmax(a)) if a.size else 0.0
+    if image.mode.startswith("I;16") or (image.mode == "I" and 255 < peak <= 65535):
+        a = a / 257.0
+    elif image.mode == "I" and peak > 65535:
+        a = a * (255.0 / peak)
+    elif image.mode == "F" and peak <= 1.0:
+        a = a * 255.0
+    return Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(image):
+    """Any PIL image -> 8-bit RGB as a person-ReID model reads it: grayscale repeated, palette colours kept,
+    transparency laid over :data:`TRANSPARENT_BACKGROUND`, 16-bit / float images scaled to 8 bits, CMYK converted."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "PA" or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit_gray(image)
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _read_rgb_image(original, file_name, format=None):
+    """fast-reid's ``read_image`` for the RGB reads (``format`` None, as CommDataset calls it, or "RGB"); other
+    formats are left to it. Same EXIF orientation handling."""
+    if format not in (None, "RGB"):
+        return original(file_name, format)
+    with open(file_name, "rb") as f:
+        image = Image.open(f)
+        try:
+            image = ImageOps.exif_transpose(image)
+        except Exception:  # noqa: BLE001  (fast-reid's work-around of Pillow issue 3973 ignores it the same way)
+            pass
+        image.load()
+        return to_rgb(image)
+
+
+@_once
+def fix_non_rgb_images():
+    """``read_image(path)`` (format None, as fast-reid's CommDataset calls it) returns RGBA images with 4 channels
+    (the batch then cannot be stacked, or the 3-channel patch convolution fails), "LA" with 2, palette PNGs as their
+    palette *indices* repeated as gray, and 16-bit images unscaled. Read every image as 8-bit RGB (:func:`to_rgb`).
+    Applied before :func:`fix_unnamed_image_read_errors`, which wraps the result."""
+    _wrap_read_image(_read_rgb_image)
+
+
+def _wrap_read_image(body):
+    """Replace fast-reid's ``read_image`` (in ``data_utils`` and in ``common``, where CommDataset calls it) by
+    ``body(current read_image, file_name, format)``."""
+    import fastreid.data.common as common
+    import fastreid.data.data_utils as data_utils
+    original = data_utils.read_image
+
+    @functools.wraps(original)
+    def read_image(file_name, format=None):
+        return body(original, file_name, format)
+
+    read_image.__wrapped_original__ = original
+    data_utils.read_image = read_image
+    common.read_image = read_image
+
+
 class ImageReadError(OSError):
     """An image of the dataset cannot be decoded (corrupt, truncated, not an image)."""
 
@@ -327,17 +405,7 @@ def fix_unnamed_image_read_errors():
     """``read_image`` lets PIL's errors through: a truncated JPEG fails with "image file is truncated (140 bytes not
     processed)", naming no file, raised from inside a DataLoader worker. Re-raise as :class:`ImageReadError` naming
     the file (``CommDataset.__getitem__`` calls it through ``fastreid.data.common``)."""
-    import fastreid.data.common as common
-    import fastreid.data.data_utils as data_utils
-    original = data_utils.read_image
-
-    @functools.wraps(original)
-    def read_image(file_name, format=None):
-        return _read_image_naming_the_file(original, file_name, format)
-
-    read_image.__wrapped_original__ = original
-    data_utils.read_image = read_image
-    common.read_image = read_image
+    _wrap_read_image(_read_image_naming_the_file)
 
 
 class QueryIdentitiesNotInGalleryError(ValueError, AssertionError):
@@ -619,6 +687,7 @@ def apply_runtime_fixes():
     fix_non_atomic_last_checkpoint_tag()
     fix_nccl_only_launch()
     fix_cpu_ddp_device_ids()
+    fix_non_rgb_images()
     fix_unnamed_image_read_errors()
     fix_query_identities_not_in_gallery()
     fix_eval_after_failed_training()

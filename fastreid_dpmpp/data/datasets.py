@@ -28,7 +28,7 @@ __all__ = [
     "OccludedDuke", "OccludedDukeHolisticQuery", "OccludedREID", "set_skip_bad_files",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 SKIP_BAD_FILES_KEY = "DATASETS.SKIP_BAD_FILES"
 _MAX_LISTED = 20
 
@@ -64,6 +64,31 @@ def _listing(folder):
     return sorted(e for e in os.listdir(folder) if not e.startswith("."))
 
 
+def is_image_name(name):
+    """An image file name: one of IMAGE_EXTENSIONS, in any letter case (0001_c1_f1.JPG, .png, .tif)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def split_entries(dataset, dir_path, names, problems):
+    """The image files among ``names`` (entries of ``dir_path``). Other files are skipped with one warning naming
+    them; a symbolic link to nothing is added to ``problems`` (it cannot be read)."""
+    images, others = [], []
+    for name in names:
+        path = os.path.join(dir_path, name)
+        if os.path.islink(path) and not os.path.exists(path):
+            problems.append(f"{path} is a symbolic link to {os.readlink(path)!r}, which does not exist.")
+        elif is_image_name(name):
+            images.append(name)
+        elif not os.path.isdir(path):
+            others.append(path)
+    if others:
+        listed = "\n".join(f"  {p}" for p in others[:_MAX_LISTED])
+        more = f"\n  ... and {len(others) - _MAX_LISTED} more" if len(others) > _MAX_LISTED else ""
+        logger.warning("%s: skipping %d file(s) of %s that are not images (%s):\n%s%s", dataset, len(others),
+                       dir_path, "/".join(IMAGE_EXTENSIONS), listed, more)
+    return images
+
+
 def locate_dataset_dir(dataset, root, candidates, required, expected_tree):
     """Return the first existing ``root/<candidate>`` folder, checking it holds every ``required`` subfolder.
 
@@ -77,8 +102,9 @@ def locate_dataset_dir(dataset, root, candidates, required, expected_tree):
             hint = (f"\n{root} itself holds {', '.join(required)}: point root (FASTREID_DATASETS or "
                     f"DATASETS.ROOT) at its parent folder instead.")
         raise DatasetNotFoundError(
-            f"{dataset}: dataset folder not found under root {root!r}. Tried:\n"
-            + "\n".join(f"  {p}" for p in tried) + f"\n{layout}{hint}")
+            f"{dataset}: dataset folder not found under root {root!r} (the root is DATASETS.ROOT, or, when that is "
+            f"empty, the FASTREID_DATASETS environment variable, now {os.environ.get('FASTREID_DATASETS')!r}). "
+            f"Tried:\n" + "\n".join(f"  {p}" for p in tried) + f"\n{layout}{hint}")
     missing = [r for r in required if not os.path.isdir(os.path.join(found, r))]
     if missing:
         raise DatasetNotFoundError(
@@ -137,9 +163,10 @@ class OccludedDuke(ImageDataset):
         super().__init__(train, query, gallery, **kwargs)
 
     def process_dir(self, dir_path, is_train=True):
-        """(path, pid, camid) for every ``*.jpg`` of ``dir_path``; pid -1 (junk) is skipped."""
+        """(path, pid, camid) for every image (IMAGE_EXTENSIONS, any case) of ``dir_path``; pid -1 (junk) is
+        skipped, other files with a warning naming them."""
         data, problems = [], []
-        files = [f for f in _listing(dir_path) if f.lower().endswith(".jpg")]
+        files = split_entries(type(self).__name__, dir_path, _listing(dir_path), problems)
         for name in files:
             match = self.pattern.match(name)
             if match is None:
@@ -160,7 +187,8 @@ class OccludedDuke(ImageDataset):
         reject_or_skip_bad_files(type(self).__name__, dir_path, problems, self.skip_bad_files)
         if not data:
             raise EmptySplitError(f"{type(self).__name__}: split folder {dir_path} holds no <pid>_c<cam>_*.jpg "
-                                  f"image ({len(_listing(dir_path))} other entries).\nExpected layout:\n"
+                                  f"image ({', '.join(IMAGE_EXTENSIONS)}; {len(_listing(dir_path))} other "
+                                  f"entries).\nExpected layout:\n"
                                   f"{self.expected_tree}")
         return data
 
@@ -195,7 +223,7 @@ class OccludedREID(ImageDataset):
     candidate_dirs = ("OccludedREID", "Occluded_REID")
     query_subdir, gallery_subdir = "occluded_body_images", "whole_body_images"
     query_camid, gallery_camid = 0, 1
-    pattern = re.compile(r"(\d+)_(\d+)\.(tif|tiff|jpg|jpeg|png)", re.IGNORECASE)
+    pattern = re.compile(r"(\d+)_(\d+)\.(tif|tiff|jpg|jpeg|png|bmp|webp)", re.IGNORECASE)
     expected_tree = _OREID_TREE
 
     def __init__(self, root="datasets", skip_bad_files=None, **kwargs):
@@ -212,16 +240,13 @@ class OccludedREID(ImageDataset):
     def process_dir(self, dir_path, camid):
         """(path, pid, camid) for every ``<pid>/<pid>_<nn>.<ext>`` image under ``dir_path``."""
         data, problems = [], []
-        for pid_dir in _listing(dir_path):
+        entries = _listing(dir_path)
+        for name in split_entries(type(self).__name__, dir_path, entries, problems):
+            problems.append(f"{os.path.join(dir_path, name)} lies directly in {dir_path}; expected one folder per "
+                            f"identity: <pid>/<pid>_<nn>.tif (pattern '{self.pattern.pattern}').")
+        for pid_dir in (e for e in entries if os.path.isdir(os.path.join(dir_path, e))):
             folder = os.path.join(dir_path, pid_dir)
-            if not os.path.isdir(folder):
-                if pid_dir.lower().endswith(IMAGE_EXTENSIONS):
-                    problems.append(f"{folder} lies directly in {dir_path}; expected one folder per identity: "
-                                    f"<pid>/<pid>_<nn>.tif (pattern '{self.pattern.pattern}').")
-                continue
-            for name in _listing(folder):
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
+            for name in split_entries(type(self).__name__, folder, _listing(folder), problems):
                 match = self.pattern.fullmatch(name)
                 if match is None or not pid_dir.isdigit() or int(match.group(1)) != int(pid_dir):
                     problems.append(f"{os.path.join(folder, name)} does not match the naming pattern "
