@@ -3,7 +3,9 @@
 With ``FASTREID_DPMPP_AUTOLOAD=1`` in the environment, the installed ``fastreid_dpmpp_autoload.pth`` calls
 :func:`install` at interpreter start. It adds an import hook that, once the ``fastreid`` package has been
 imported, imports ``fastreid_dpmpp`` (fixes + registration) and makes ``fastreid.config.get_cfg()`` return a
-config that already has the DPM++ keys, so fast-reid's own ``tools/train_net.py`` runs DPM++ configs unmodified.
+config that already has the DPM++ keys, so fast-reid's own ``tools/train_net.py`` runs DPM++ configs unmodified,
+and makes fast-reid's DefaultTrainer read its datasets from ``DATASETS.ROOT`` as the plugin's tools do (fast-reid
+reads only the FASTREID_DATASETS variable, once, at import).
 Without the variable the .pth file does nothing.
 """
 import importlib.abc
@@ -25,6 +27,27 @@ def _load_plugin():
         return fastreid_dpmpp.add_dpmpp_config(original_get_cfg())
 
     fr_config.get_cfg = get_cfg
+    _honour_dataset_root()
+
+
+def _honour_dataset_root():
+    """fast-reid's ``DefaultTrainer.build_train_loader`` / ``build_test_loader`` read the dataset root fixed at
+    import (FASTREID_DATASETS); apply DATASETS.ROOT first (``apply_dataset_root``: DATASETS.ROOT, else the variable)."""
+    from fastreid.engine import DefaultTrainer
+
+    from fastreid_dpmpp.engine.defaults import apply_dataset_root
+
+    def with_root(original):
+        def build(cls, cfg, *args, **kwargs):
+            apply_dataset_root(cfg)
+            return original(cls, cfg, *args, **kwargs)
+        build.__wrapped_original__ = original
+        return classmethod(build)
+
+    for name in ("build_train_loader", "build_test_loader"):
+        method = getattr(DefaultTrainer, name)
+        if not hasattr(method, "__wrapped_original__"):
+            setattr(DefaultTrainer, name, with_root(method.__func__))
 
 
 class _AfterFastreidImport(importlib.abc.MetaPathFinder):

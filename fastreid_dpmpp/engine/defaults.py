@@ -9,13 +9,14 @@ from fastreid.config import get_cfg
 from fastreid.engine import default_setup
 from fastreid.utils.env import seed_all_rng
 
+from ..checkpoint import CheckpointReadError, UntrustedCheckpointError
 from ..config import add_dpmpp_config
 
 logger = logging.getLogger("fastreid.dpmpp.engine")
 
 
 def dataset_root(cfg):
-    return cfg.DATASETS.ROOT or os.getenv("FASTREID_DATASETS", "datasets")
+    return cfg.DATASETS.get("ROOT", "") or os.getenv("FASTREID_DATASETS", "datasets")
 
 
 def apply_dataset_root(cfg):
@@ -42,6 +43,25 @@ class UnknownConfigKeyError(KeyError):
 
     def __str__(self):  # KeyError would print the message quoted, on one line
         return str(self.args[0])
+
+
+class ConfigFileNotFoundError(FileNotFoundError):
+    """--config-file (or a _BASE_ file it inherits) does not exist."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+class MissingWeightsError(FileNotFoundError):
+    """MODEL.WEIGHTS is empty where a checkpoint is needed (--eval-only), or names no file."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+# Errors whose message says it all: the command-line tools print them as one line, without a traceback.
+USER_ERRORS = (UnknownConfigKeyError, ConfigFileNotFoundError, MissingWeightsError, CheckpointReadError,
+               UntrustedCheckpointError)
 
 
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
@@ -85,8 +105,14 @@ def load_config(config_file, opts=()):
     cfg = get_cfg()
     add_dpmpp_config(cfg)
     if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigFileNotFoundError(f"config file not found: {os.path.abspath(config_file)} (--config-file "
+                                          f"{config_file})")
         try:
             cfg.merge_from_file(config_file)
+        except FileNotFoundError as e:
+            raise ConfigFileNotFoundError(f"config file {config_file} inherits (_BASE_) a file that does not exist: "
+                                          f"{e.filename or e}") from None
         except (KeyError, AssertionError) as e:
             error = unknown_key_error(cfg, e, f"in config file {config_file} (or a _BASE_ file it inherits)")
             if error is None:
@@ -113,6 +139,13 @@ def setup(args):
     return cfg
 
 
+def check_weights_file(path):
+    """MODEL.WEIGHTS must name a file (fast-reid asserts "Checkpoint ... not found!" only once the model is built)."""
+    if not os.path.isfile(path):
+        raise MissingWeightsError(f"MODEL.WEIGHTS: no checkpoint file {os.path.abspath(path)}"
+                                  + (" (it is a folder)" if os.path.isdir(path) else ""))
+
+
 def train_or_evaluate(args, trainer_cls=None):
     """The body of fast-reid's ``tools/train_net.py``: train (``--resume`` continues) or ``--eval-only``."""
     from fastreid.utils.checkpoint import Checkpointer
@@ -121,10 +154,17 @@ def train_or_evaluate(args, trainer_cls=None):
     trainer_cls = trainer_cls or DPMPPTrainer
     cfg = setup(args)
     if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise MissingWeightsError("--eval-only evaluates MODEL.WEIGHTS, which is empty: add "
+                                      "MODEL.WEIGHTS <checkpoint, e.g. OUTPUT_DIR/model_final.pth>")
+        check_weights_file(cfg.MODEL.WEIGHTS)
         cfg = with_camera_count(cfg)
         model = trainer_cls.build_model(cfg)
         Checkpointer(model).load(cfg.MODEL.WEIGHTS)
         return trainer_cls.test(cfg, model)
+    resumes = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if cfg.MODEL.WEIGHTS and not resumes:  # before the model is built, not after
+        check_weights_file(cfg.MODEL.WEIGHTS)
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
@@ -138,5 +178,5 @@ def launch_from_command_line(main):
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except UnknownConfigKeyError as e:
+    except USER_ERRORS as e:
         raise SystemExit(f"error: {e}") from None  # the message says it all; no traceback
