@@ -7,7 +7,9 @@ Build an index of every image under a folder (recursive, any layout):
         --index output/index [--index-type flat|ivf|ivfpq] [--nlist N] [--nprobe 8] [--pq-m M] [--pq-bits 8] \
         MODEL.WEIGHTS logs/occduke/stage3/model_final.pth
 
-Query it with one or more images (the model is re-built from the config and weights recorded in the index):
+Query it with one or more images, from any working directory or machine that has the index folder (the model is
+re-built from the config and weights the index keeps: ``build`` copies both into it; with --link-weights it records
+the checkpoint's absolute path, size and sha256 instead, and a moved or changed checkpoint is refused):
 
     python tools/search.py query --index output/index [--k 10] [--candidates 100] [--output output/ranklists] \
         query1.jpg [query2.jpg ...]
@@ -29,9 +31,12 @@ import fastreid_dpmpp  # noqa: E402,F401  (fast-reid fixes first)
 from fastreid_dpmpp.evaluation.search import (  # noqa: E402
     FeatureExtractor,
     GalleryIndex,
+    IndexModelError,
     build_index,
     search_images,
+    write_model_files,
 )
+from fastreid_dpmpp.engine.defaults import USER_ERRORS  # noqa: E402
 from fastreid_dpmpp.export import load_inference_model  # noqa: E402
 
 
@@ -48,6 +53,9 @@ def parse_args(argv=None):
     b.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantisers (must divide the descriptor width)")
     b.add_argument("--pq-bits", type=int, default=8)
     b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--link-weights", action="store_true",
+                   help="record the checkpoint's absolute path, size and sha256 instead of copying the weights into "
+                        "the index (the index then only works where that file is, unchanged)")
     b.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
     q = sub.add_parser("query", help="search the index with images")
     q.add_argument("--index", required=True)
@@ -62,21 +70,25 @@ def parse_args(argv=None):
 def build(args):
     opts = list(args.opts)
     model, cfg = load_inference_model(args.config_file, opts)
-    info = {"config_file": os.path.abspath(args.config_file), "opts": opts, "weights": cfg.MODEL.WEIGHTS}
+    info = {"model": write_model_files(cfg, args.index, link_weights=args.link_weights),
+            "source_config_file": os.path.abspath(args.config_file)}
     meta = build_index(FeatureExtractor(model, cfg, args.batch_size), args.gallery, args.index,
                        index_type=args.index_type, nlist=args.nlist, pq_m=args.pq_m, pq_bits=args.pq_bits,
                        nprobe=args.nprobe, model_info=info)
+    weights = info["model"]["weights"]
+    kept = "no weights (random init)" if weights is None else (
+        f"weights linked: {weights['path']}" if "path" in weights else f"weights copied into the index")
     print(f"indexed {len(meta['paths'])} images ({args.index_type}, descriptor width {meta['descriptor_dim']}, "
-          f"masked matching {'on' if meta['masked'] else 'off'}) -> {args.index}")
+          f"masked matching {'on' if meta['masked'] else 'off'}; model config and {kept}) -> {args.index}")
 
 
 def query(args):
     gallery = GalleryIndex(args.index)
-    model, cfg = load_inference_model(gallery.meta["config_file"], gallery.meta["opts"])
+    model, cfg = load_inference_model(*gallery.model_files())
     extractor = FeatureExtractor(model, cfg)
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"search: query image(s) not found: {missing}")
+        raise SystemExit(f"error: search: query image(s) not found: {', '.join(missing)}")
     output = args.output or os.path.join(args.index, "ranklists")
     for result in search_images(extractor, gallery, args.images, k=args.k, candidates=args.candidates):
         print(f"query {result['path']}")
@@ -97,7 +109,12 @@ def _frame(ax, color):
 
 def _image_axis(ax, path, title, color=None):
     from PIL import Image
-    ax.imshow(Image.open(path).convert("RGB"))
+    if os.path.isfile(path):
+        ax.imshow(Image.open(path).convert("RGB"))
+    else:   # an index used on another machine: the gallery image is not here
+        ax.imshow(np.full((2, 1, 3), 0.85))
+        ax.text(0.5, 0.5, "image not\non this\nmachine", ha="center", va="center", fontsize=6,
+                transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
@@ -141,7 +158,10 @@ def plot_rank_list(result, mask_span, output_folder):
 
 def main(argv=None):
     args = parse_args(argv)
-    (build if args.command == "build" else query)(args)
+    try:
+        (build if args.command == "build" else query)(args)
+    except USER_ERRORS + (IndexModelError,) as e:
+        raise SystemExit(f"error: {e}") from None  # the message says what to do; no traceback
 
 
 if __name__ == "__main__":

@@ -6,8 +6,16 @@ Index folder layout (every file written atomically; ``gallery.json`` last, so a 
     index.faiss        FAISS inner-product index of the L2-normalised gallery descriptors
     descriptors.npy    (G, W) float32 gallery descriptors (exact re-scoring)
     masks.npy          (G, W) float32 gallery masks m̄ (kept for use as queries; matching uses the query's)
-    gallery.json       file list, identity / camera parsed from the names, model config and weights
+    model_config.yaml  the model's full config (_BASE_ files and command-line options resolved)
+    model.pth          the model's weights ({"model": state dict}); absent with ``link_weights``, where
+                       gallery.json records the checkpoint's absolute path instead
+    gallery.json       file list (absolute and relative to the index folder), identity / camera parsed from the
+                       names, the model files with their size and sha256
+
+The index is self-contained: ``query`` works from any working directory and on another machine that has the folder.
+A linked checkpoint that moved or changed since ``build`` (size or sha256) is refused with a clear error.
 """
+import hashlib
 import json
 import logging
 import os
@@ -16,12 +24,14 @@ import re
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_torch_save, atomic_write_text, trusted_torch_load
+from ..engine.cameras import camera_rows, describe_cameras, training_prefix
 from .masked_evaluator import unpack_descriptor_and_mask
 from .masked_matching import build_gallery_index, masked_search
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "parse_name", "GalleryIndex", "FeatureExtractor",
-           "build_index", "search_images"]
+           "build_index", "search_images", "IndexModelError", "write_model_files", "index_model_files",
+           "sha256_of"]
 
 logger = logging.getLogger("fastreid.dpmpp.search")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -29,15 +39,42 @@ ID_PATTERN = r"^(-?\d+)_"          # Market / Duke / Occluded-Duke / Occluded-RE
 CAMERA_PATTERN = r"_c(\d+)"        # <pid>_c<cam>...: camera id = cam - 1 (fast-reid's datasets)
 
 
+def _walk(folder):
+    """os.walk following symbolic links to folders, each real folder once (a link loop ends)."""
+    seen = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        yield root, names
+
+
 def find_images(folder):
-    """All image files under ``folder`` (recursive, any layout), sorted."""
+    """All image files under ``folder`` (recursive, any layout, symbolic links followed, extensions in any case),
+    sorted. Other files are skipped with one warning naming them; a link to nothing stops with an error."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"search: gallery folder {folder!r} does not exist")
-    found = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    found, others, broken = [], [], []
+    for root, names in _walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            if not os.path.exists(path):
+                broken.append(path)
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(path)
+            elif not name.startswith("."):
+                others.append(path)
+    if broken:
+        raise FileNotFoundError(f"search: {len(broken)} symbolic link(s) under {folder!r} point to nothing: "
+                                f"{', '.join(broken[:10])}{' ...' if len(broken) > 10 else ''}")
+    if others:
+        logger.warning("search: skipping %d file(s) that are not images (%s): %s%s", len(others),
+                       "/".join(IMAGE_EXTENSIONS), ", ".join(others[:10]), " ..." if len(others) > 10 else "")
     if not found:
         raise ValueError(f"search: no image ({', '.join(IMAGE_EXTENSIONS)}) under {folder!r}")
-    return found
+    return sorted(found)
 
 
 def parse_name(path, id_pattern=ID_PATTERN, camera_pattern=CAMERA_PATTERN):
@@ -61,16 +98,24 @@ class FeatureExtractor:
         table = getattr(backbone, "sie_embed", None)
         self.num_cameras = 0 if table is None else table.shape[0]
         self.mask_span = list(model.mask_span) if self.masked else None   # dims the HMG mask acts on
+        vit = cfg.MODEL.get("VIT")
+        self.train_cameras = tuple(vit.get("TRAIN_CAMERAS", ())) if vit is not None else ()
+        self._unseen_reported = set()
 
     def _camids(self, cameras, paths):
+        """SIE rows of the cameras parsed from the file names (engine/cameras.py): a camera training never saw, or
+        a name without ``_c<cam>``, gets the mean camera embedding, with one warning per camera."""
         if not self.num_cameras:
             return None
-        camids = [0 if c is None else c for c in cameras]
-        for camid, path in zip(camids, paths):
-            if not 0 <= camid < self.num_cameras:
-                raise ValueError(f"search: {path} has camera id {camid} (from the file name), outside the model's "
-                                 f"SIE table of {self.num_cameras} cameras (MODEL.VIT.NUM_CAMERAS)")
-        return torch.tensor(camids, dtype=torch.long)
+        rows, unseen = camera_rows(cameras, self.train_cameras, self.num_cameras,
+                                   training_prefix(self.train_cameras))
+        new = [c for c in unseen if c not in self._unseen_reported]
+        if new:
+            self._unseen_reported.update(new)
+            examples = [next(p for p, c in zip(paths, cameras) if c == camera) for camera in new]
+            logger.warning("search: %s not among the model's %d training cameras (e.g. %s): these images get the "
+                           "mean camera embedding", describe_cameras(new), self.num_cameras, ", ".join(examples))
+        return torch.tensor(rows, dtype=torch.long)
 
     @torch.no_grad()
     def __call__(self, paths, cameras=None):
@@ -126,13 +171,113 @@ class GalleryIndex:
             raise ValueError(f"search: {folder!r} is inconsistent: index {self.index.ntotal}, descriptors "
                              f"{len(self.descriptors)}, files {len(self.meta['paths'])}")
 
+        self.folder = folder
+
     @property
     def paths(self):
         return self.meta["paths"]
 
+    def local_path(self, i):
+        """Gallery image ``i`` where this machine has it: the absolute path recorded at build time, else the same
+        place relative to the index folder (index and gallery moved together), else None."""
+        path = self.meta["paths"][i]
+        if os.path.isfile(path):
+            return path
+        relative = (self.meta.get("relative_paths") or [None] * len(self.meta["paths"]))[i]
+        moved = os.path.join(self.folder, relative) if relative else None
+        return moved if moved and os.path.isfile(moved) else None
+
+    def model_files(self):
+        """(config file, opts) of the model the index was built with (:func:`index_model_files`)."""
+        return index_model_files(self.folder, self.meta)
+
     @property
     def pids(self):
         return self.meta["pids"]
+
+
+# ----------------------------------------------------------------------------- the model files of an index
+MODEL_CONFIG, MODEL_WEIGHTS = "model_config.yaml", "model.pth"
+
+
+class IndexModelError(FileNotFoundError):
+    """The model an index was built with cannot be found, or its weights changed since."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+def sha256_of(path, block=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_record(path):
+    return {"size": os.path.getsize(path), "sha256": sha256_of(path)}
+
+
+def write_model_files(cfg, output_folder, link_weights=False):
+    """The model's resolved config (and, unless ``link_weights``, its weights) into the index folder; returns the
+    record gallery.json keeps: file names, or the checkpoint's absolute path, with size and sha256."""
+    os.makedirs(output_folder, exist_ok=True)
+    weights = cfg.MODEL.WEIGHTS
+    config = cfg.clone()
+    config.defrost()
+    config.MODEL.WEIGHTS = ""       # given at query time: the copy in the index, or the linked checkpoint
+    atomic_write_text(config.dump(), os.path.join(output_folder, MODEL_CONFIG))
+    record = {"config": MODEL_CONFIG, "weights": None}
+    if weights:
+        source = {"source": os.path.abspath(weights), **_file_record(weights)}
+        if link_weights:
+            record["weights"] = {"path": os.path.abspath(weights), **source}
+        else:
+            state = trusted_torch_load(weights, what="MODEL.WEIGHTS")
+            copy = os.path.join(output_folder, MODEL_WEIGHTS)
+            atomic_torch_save({"model": state.get("model", state)}, copy)   # the model only, no optimiser
+            record["weights"] = {"file": MODEL_WEIGHTS, **_file_record(copy), "copied_from": source}
+    return record
+
+
+def _checked(path, record, what):
+    if not os.path.isfile(path):
+        raise IndexModelError(
+            f"search: the {what} this index was built with is missing: {path} (moved or deleted since `build`). "
+            f"Put it back, or rebuild the index (without --link-weights the index keeps its own copy).")
+    size = os.path.getsize(path)
+    if size != record["size"] or sha256_of(path) != record["sha256"]:
+        raise IndexModelError(
+            f"search: the {what} {path} changed since this index was built (now {size} bytes, sha256 "
+            f"{sha256_of(path)[:16]}...; recorded {record['size']} bytes, sha256 {record['sha256'][:16]}...): the "
+            f"gallery descriptors no longer match the model. Rebuild the index, or restore the original file.")
+    return path
+
+
+def index_model_files(folder, meta):
+    """(config file, KEY VALUE opts) of the model recorded in an index folder's gallery.json, checked."""
+    record = meta.get("model")
+    if record is None:  # an index written before the index kept its model: paths as typed at build time
+        return meta["config_file"], list(meta.get("opts", ()))
+    config = os.path.join(folder, record["config"])
+    if not os.path.isfile(config):
+        raise IndexModelError(f"search: {config} is missing: the index folder is incomplete; rebuild it")
+    weights = record.get("weights")
+    if weights is None:
+        return config, []
+    if "file" in weights:
+        path = _checked(os.path.join(folder, weights["file"]), weights, "copy of the model weights")
+    else:
+        path = _checked(weights["path"], weights, "model checkpoint (linked with --link-weights)")
+    return config, ["MODEL.WEIGHTS", path]
+
+
+def _relative_or_none(path, folder):
+    try:
+        return os.path.relpath(path, folder)
+    except ValueError:  # another drive (Windows)
+        return None
 
 
 def build_index(extractor, gallery_folder, output_folder, index_type="flat", nlist=None, pq_m=None, pq_bits=8,
@@ -150,6 +295,8 @@ def build_index(extractor, gallery_folder, output_folder, index_type="flat", nli
     _atomic_numpy(descriptors.astype(np.float32), os.path.join(output_folder, "descriptors.npy"))
     _atomic_numpy(masks.astype(np.float32), os.path.join(output_folder, "masks.npy"))
     meta = {"gallery_folder": os.path.abspath(gallery_folder), "paths": [os.path.abspath(p) for p in paths],
+            "relative_paths": [_relative_or_none(os.path.abspath(p), os.path.abspath(output_folder))
+                               for p in paths],
             "pids": [pid for pid, _ in parsed], "camids": [cam for _, cam in parsed],
             "index_type": index_type, "nprobe": getattr(index, "nprobe", None), "masked": extractor.masked,
             "mask_span": extractor.mask_span,
@@ -166,5 +313,6 @@ def search_images(extractor, gallery, query_paths, k=10, candidates=100):
     scores, indices = masked_search(descriptors, masks, gallery.index, k, candidates=candidates,
                                     gallery_features=gallery.descriptors)
     return [{"path": path, "pid": pid, "mask": mask,
-             "results": [(gallery.paths[i], gallery.pids[i], float(s)) for s, i in zip(row_s, row_i) if i >= 0]}
+             "results": [(gallery.local_path(i) or gallery.paths[i], gallery.pids[i], float(s))
+                         for s, i in zip(row_s, row_i) if i >= 0]}
             for path, (pid, _), mask, row_s, row_i in zip(query_paths, parsed, masks, scores, indices)]
