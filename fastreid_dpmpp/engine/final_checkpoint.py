@@ -17,6 +17,7 @@ import sys
 
 from fastreid.engine.hooks import EvalHook
 from fastreid.engine.train_loop import HookBase
+from fastreid.utils import comm
 
 logger = logging.getLogger("fastreid.dpmpp.final_checkpoint")
 
@@ -32,10 +33,16 @@ def _is_last_epoch(trainer):
 
 
 class SaveBeforeFinalEvaluation(HookBase):
-    """At the end of the last epoch, write ``model_final.pth`` before the EvalHook that follows this hook."""
+    """At the end of the last epoch, write ``model_final.pth`` before the EvalHook that follows this hook. An
+    ``eval_results.json`` of an earlier evaluation is removed first: once model_final.pth exists, that file exists
+    only if the final evaluation finished (runners that skip finished runs read their metrics from it)."""
 
     def after_epoch(self):
         if _is_last_epoch(self.trainer):
+            from .trainer import EVAL_RESULTS_FILE
+            stale = os.path.join(self.trainer.cfg.OUTPUT_DIR, EVAL_RESULTS_FILE)
+            if comm.is_main_process() and os.path.isfile(stale):
+                os.remove(stale)
             self.trainer.checkpointer.save(FINAL, epoch=self.trainer.epoch, metric=-1)
 
 
