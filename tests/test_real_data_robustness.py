@@ -143,6 +143,21 @@ def test_test_cameras_map_to_the_rows_of_the_same_training_cameras():
     assert rows == [0, 1, 2] and unseen == [5]
 
 
+def test_training_camera_rows_follow_the_train_loaders_order(monkeypatch, data_root):
+    """fast-reid's CommDataset numbers training cameras in sorted order: ints as ints (2 before 10)."""
+    from fastreid.data.datasets import DATASET_REGISTRY
+
+    from fastreid_dpmpp.engine.cameras import training_cameras
+
+    class IntCameras:
+        def __init__(self, **kwargs):
+            self.train = [("a.jpg", 1, 10), ("b.jpg", 1, 2), ("c.jpg", 2, 10)]
+    monkeypatch.setattr(DATASET_REGISTRY, "get", lambda name: IntCameras)
+    cfg = load_config("", ["DATASETS.ROOT", data_root])
+    assert training_cameras(cfg) == ["2", "10"]
+    assert CommDataset(IntCameras().train, relabel=True).cam_dict == {2: 0, 10: 1}
+
+
 # ============================================================================ 2. evaluation failures keep the weights
 def test_a_failing_final_evaluation_leaves_model_final_and_the_eval_only_command(four_cameras, tmp_path):
     data = tmp_path / "data"

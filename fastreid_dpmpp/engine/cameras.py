@@ -29,8 +29,8 @@ def training_cameras(cfg):
     cameras = set()
     for name in cfg.DATASETS.NAMES:
         dataset = DATASET_REGISTRY.get(name)(root=dataset_root(cfg), combineall=cfg.DATASETS.COMBINEALL)
-        cameras.update(str(camid) for _, _, camid in dataset.train)
-    return sorted(cameras)
+        cameras.update(camid for _, _, camid in dataset.train)
+    return [str(camid) for camid in sorted(cameras)]   # sorted as the loader sorts them (ints as ints)
 
 
 def _uses_sie(cfg):
