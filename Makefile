@@ -8,7 +8,7 @@ STAMP := $(VENV)/.fastreid-dpmpp-installed
 DEMO_DIR ?= output/demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all venv clean-demo
+.PHONY: demo test test-all venv clean-demo pretrain
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): setup.py | $(PY)
 	$(PIP) install -q --upgrade "pip>=23"
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -q --no-deps "fastreid==1.4.0"
-	$(PIP) install -q -e ".[cpu,dev]"
+	$(PIP) install -q -e ".[cpu,dev,pretrain]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Re-make the shipped pretrained tiny CLIP (pretrained/dpmpp_tiny_clip_synthetic.pt) with the recorded recipe.
+pretrain: $(STAMP)
+	$(PY) tools/pretrain_clip.py --output-dir output/pretrain --epochs 30 --seed 0 --plain-captions \
+		--export pretrained/dpmpp_tiny_clip_synthetic.pt
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

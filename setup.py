@@ -48,7 +48,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["fastreid_dpmpp", "fastreid_dpmpp.*"]),
-    package_data={"fastreid_dpmpp": ["autoload/*.pth"]},
+    package_data={"fastreid_dpmpp": ["autoload/*.pth", "modeling/backbones/model_configs/*.json"]},
     install_requires=[
         "torch>=2.6,<2.15",
         "torchvision>=0.21,<0.30",
@@ -64,6 +64,8 @@ setup(
         "cpu": ["faiss-cpu>=1.7.3,<2"],
         "gpu": ["faiss-gpu>=1.7.3,<2"],
         "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
+        # open_clip's own trainer (open_clip_train, shipped in the open_clip_torch wheel) reads CSV data with these
+        "pretrain": ["pandas>=2", "braceexpand>=0.1.7", "webdataset>=0.2"],
     },
     cmdclass={"build_py": BuildPyWithAutoloadHook},
     classifiers=[

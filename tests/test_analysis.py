@@ -22,7 +22,7 @@ from fastreid_dpmpp.export import load_inference_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml")
-TINY = ["MODEL.VIT.WIDTH", "32", "MODEL.BACKBONE.FEAT_DIM", "32", "MODEL.VIT.LAYERS", "3", "MODEL.VIT.HEADS", "4",
+TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", "32", "MODEL.BACKBONE.FEAT_DIM", "32", "MODEL.VIT.LAYERS", "3", "MODEL.VIT.HEADS", "4",
         "MODEL.VIT.EMBED_DIM", "16", "MODEL.VIT.TEXT_WIDTH", "16", "MODEL.VIT.TEXT_LAYERS", "1",
         "MODEL.VIT.TEXT_HEADS", "2", "MODEL.VIT.TAPS", "(2, 3)", "MODEL.DPMPP.HMG_GATES", "(1, 1)",
         "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]", "MODEL.HEADS.NUM_CLASSES", "8",

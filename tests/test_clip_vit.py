@@ -17,7 +17,7 @@ from fastreid_dpmpp.modeling.backbones.clip_vit import (
     ReIDViT, build_clip_model, build_clip_vit_backbone, patch_grid)
 from fastreid_dpmpp.modeling.backbones.weights import resize_position_embedding
 
-TINY = ["MODEL.VIT.WIDTH", 64, "MODEL.VIT.LAYERS", 4, "MODEL.VIT.HEADS", 4, "MODEL.VIT.EMBED_DIM", 32,
+TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", 64, "MODEL.VIT.LAYERS", 4, "MODEL.VIT.HEADS", 4, "MODEL.VIT.EMBED_DIM", 32,
         "MODEL.VIT.TEXT_WIDTH", 32, "MODEL.VIT.TEXT_LAYERS", 1, "MODEL.VIT.TEXT_HEADS", 2,
         "INPUT.SIZE_TRAIN", [128, 64], "MODEL.BACKBONE.STRIDE_SIZE", (12, 12), "MODEL.VIT.TAPS", (1, 2, 3, 4),
         "MODEL.BACKBONE.FEAT_DIM", 64, "MODEL.BACKBONE.DROP_PATH_RATIO", 0.0, "MODEL.BACKBONE.SIE_COE", 1.5]

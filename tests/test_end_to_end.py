@@ -11,7 +11,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE_ROW = re.compile(r"^\| OccludedDuke\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)", re.M)
-TINY_MODEL = ["MODEL.VIT.WIDTH", 32, "MODEL.BACKBONE.FEAT_DIM", 32, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2,
+TINY_MODEL = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", 32, "MODEL.BACKBONE.FEAT_DIM", 32, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2,
               "MODEL.VIT.EMBED_DIM", 16, "MODEL.VIT.TEXT_WIDTH", 16, "MODEL.VIT.TEXT_LAYERS", 1,
               "MODEL.VIT.TEXT_HEADS", 2, "MODEL.VIT.TAPS", "(1, 2)", "MODEL.DPMPP.HMG_GATES", "(1, 1)",
               "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]", "SOLVER.IMS_PER_BATCH", 16,

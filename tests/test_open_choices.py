@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DPMPP = os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml")
 BASELINE = os.path.join(REPO, "configs", "Synthetic", "clip_baseline.yml")
 D, D_T, C = 32, 16, 4
-TINY = ["MODEL.VIT.WIDTH", D, "MODEL.BACKBONE.FEAT_DIM", D, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2,
+TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", D, "MODEL.BACKBONE.FEAT_DIM", D, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2,
         "MODEL.VIT.EMBED_DIM", D_T, "MODEL.VIT.TEXT_WIDTH", 16, "MODEL.VIT.TEXT_LAYERS", 1, "MODEL.VIT.TEXT_HEADS", 2,
         "MODEL.VIT.TAPS", (1, 2), "MODEL.DPMPP.HMG_GATES", (1, 1), "INPUT.SIZE_TRAIN", [64, 32],
         "INPUT.SIZE_TEST", [64, 32], "MODEL.HEADS.NUM_CLASSES", C]

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPS_CONFIG = os.path.join(ROOT, "configs", "Synthetic", "sps.yml")
 
 # A very small CLIP-ViT (2 blocks of width 32) on 128x64 images: a 10 x 5 grid of stride-12 patches.
-TINY = ["MODEL.VIT.WIDTH", 32, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2, "MODEL.VIT.EMBED_DIM", 16,
+TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", 32, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2, "MODEL.VIT.EMBED_DIM", 16,
         "MODEL.VIT.TEXT_WIDTH", 16, "MODEL.VIT.TEXT_LAYERS", 1, "MODEL.VIT.TEXT_HEADS", 2, "MODEL.VIT.TAPS", (1, 2),
         "MODEL.BACKBONE.FEAT_DIM", 32, "SOLVER.IMS_PER_BATCH", 8, "DATALOADER.NUM_INSTANCE", 4,
         "TEST.IMS_PER_BATCH", 16, "SOLVER.WARMUP_ITERS", 2]

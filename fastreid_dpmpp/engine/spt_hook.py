@@ -80,6 +80,8 @@ def sps_model_config(cfg, checkpoint):
     cfg.MODEL.META_ARCHITECTURE = "SPSModel"
     cfg.MODEL.VIT.WEIGHTS = ""
     cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DPMPP.TEXT_PROTOTYPES = ""     # Stage III's T: the SPS model has no text branch
+    cfg.MODEL.VIT.FREEZE_BLOCKS = 0
     classifier = checkpoint["model"].get(CLASSIFIER_KEY)
     if classifier is not None:
         cfg.MODEL.HEADS.NUM_CLASSES = int(classifier.shape[0])
