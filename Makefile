@@ -32,7 +32,7 @@ test: $(STAMP)
 
 # Re-make the shipped pretrained tiny CLIP (pretrained/dpmpp_tiny_clip_synthetic.pt) with the recorded recipe.
 pretrain: $(STAMP)
-	$(PY) tools/pretrain_clip.py --output-dir output/pretrain --epochs 30 --seed 0 --plain-captions \
+	$(PY) tools/pretrain_clip.py --output-dir output/pretrain --epochs 30 --seed 0 --threads 1 --plain-captions \
 		--export pretrained/dpmpp_tiny_clip_synthetic.pt
 
 clean-demo:

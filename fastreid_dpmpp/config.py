@@ -46,6 +46,10 @@ def add_dpmpp_config(cfg):
     _C.MODEL.VIT.SIE_AT_TEST = True         # add the camera embedding at test too (TransReID / CLIP-ReID) [pred]
     _C.MODEL.VIT.NUM_CAMERAS = 0            # rows of S; 0 = number of training cameras of the dataset
     _C.MODEL.VIT.TAPS = (2, 4, 10, 12)      # 1-based blocks whose patch tokens feed HMG / SPS [pred]
+    # Fine-tuning controls [ours]: freeze the embeddings + first k blocks; layer-wise LR decay d (block i of L
+    # trains at d^(L+1-i) x BASE_LR, the embeddings at d^(L+1); 1.0 = off)
+    _C.MODEL.VIT.FREEZE_BLOCKS = 0
+    _C.SOLVER.LAYER_DECAY = 1.0
     _C.MODEL.BACKBONE.TAP_STAGES = (1, 2, 3, 4)  # CNN (build_tapped_resnet_backbone): ResNet stages feeding HMG
     # Names of the training cameras in SIE-row order ("<dataset>_<cam>"), filled with NUM_CAMERAS from the training
     # data; () = camera c is row c. A test camera not listed (unseen in training) gets the mean of the rows, decided

@@ -163,4 +163,6 @@ def test_trainer_picks_the_evaluator_from_the_config(monkeypatch, opts, expected
     monkeypatch.setattr(DPMPPTrainer, "build_test_loader", classmethod(lambda cls, cfg, name: ("loader", 3)))
     cfg = load_config(CONFIG, list(opts))
     loader, evaluator = DPMPPTrainer.build_evaluator(cfg, "OccludedDuke")
-    assert loader == "loader" and type(evaluator) is expected and evaluator._num_query == 3
+    # the chosen evaluator, with the breakdowns added (evaluation/breakdown.py)
+    assert loader == "loader" and type(evaluator).__mro__[1] is expected and evaluator._num_query == 3
+    assert type(evaluator).__name__ == f"{expected.__name__}WithBreakdowns" and evaluator._dataset_name == "OccludedDuke"

@@ -127,3 +127,37 @@ def test_benchmark_is_frozen_and_hashed(tmp_path, monkeypatch):
     assert B.ensure_benchmark(str(tmp_path), "occluded", "val") == occluded      # reused, not rewritten
     with pytest.raises(ValueError, match="training protocol"):
         B.benchmark_root(str(tmp_path), "occludedd", "val")
+
+
+def test_trainer_evaluators_write_breakdowns(data_root, tmp_path):
+    """fast-reid's ReidEvaluator with the breakdowns: own-camera top-1 share and per-occluder metrics of the
+    synthetic benchmark's queries, equal to the protocol functions on the same cosine ranking."""
+    from fastreid.evaluation import ReidEvaluator
+
+    from fastreid_dpmpp.data.datasets import OccludedDuke
+    from fastreid_dpmpp.engine import load_config
+    from fastreid_dpmpp.evaluation.breakdown import image_meta, with_breakdowns
+    data = OccludedDuke(root=data_root)
+    items = data.query + data.gallery
+    rng = np.random.default_rng(0)
+    features = torch.tensor(rng.normal(size=(len(items), 6)), dtype=torch.float32)
+    cfg = load_config("", ["TEST.METRIC", "cosine"])
+    evaluator = with_breakdowns(ReidEvaluator)("OccludedDuke", cfg, len(data.query), str(tmp_path))
+    evaluator.reset()
+    for start in range(0, len(items), 5):
+        chunk = items[start:start + 5]
+        evaluator.process({"targets": torch.tensor([i[1] for i in chunk]), "camids": torch.tensor([i[2] for i in chunk]),
+                           "img_paths": [i[0] for i in chunk]}, features[start:start + 5])
+    results = evaluator.evaluate()
+    with open(tmp_path / "breakdowns_OccludedDuke.json") as f:
+        written = json.load(f)
+    nq = len(data.query)
+    pids, camids = np.array([i[1] for i in items]), np.array([i[2] for i in items])
+    metrics = P.per_query_metrics(P.cosine_distance(features[:nq], features[nq:]), pids[:nq], pids[nq:],
+                                  camids[:nq], camids[nq:])
+    assert written["own_camera_top1"] == pytest.approx(P.own_camera_top1_share(metrics, camids[:nq], camids[nq:]))
+    kinds, _ = image_meta([i[0] for i in data.query])
+    assert set(written["by_occluder"]) == set(kinds) and "none" not in written["by_occluder"]   # queries: occluded
+    assert sum(v["queries"] for v in written["by_occluder"].values()) == int(metrics["valid"].sum())
+    assert results["mAP"] == pytest.approx(P.summarize(metrics)["mAP"], abs=1e-3)
+    assert image_meta([str(tmp_path / "elsewhere" / "query" / "0001_c1_f1.jpg")]) == (None, None)

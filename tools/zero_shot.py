@@ -26,13 +26,13 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "Base-Tiny.yml")
 
 
-def evaluate(weights, root, captions, config_file, seed):
+def evaluate(weights, root, captions, config_file, seed, opts=()):
     result = {}
     open_clip_encoder = OpenCLIPEncoder(weights, seed=seed)
     if captions:
         result["captions"] = caption_retrieval(open_clip_encoder, captions)
     result["reid"] = {f"open_clip {k}": v for k, v in zero_shot_reid(open_clip_encoder, root).items()}
-    cfg = load_config(config_file, ["MODEL.VIT.WEIGHTS", weights or "", "SEED", seed])
+    cfg = load_config(config_file, ["MODEL.VIT.WEIGHTS", weights or "", "SEED", seed] + list(opts))
     result["reid"].update({f"project {k}": v for k, v in zero_shot_reid(ProjectEncoder(cfg), root).items()})
     return result
 
@@ -60,10 +60,12 @@ def main(argv=None):
     parser.add_argument("--config-file", default=CONFIG)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init model")
     parser.add_argument("--output", default="", help="write the results as JSON")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the project's config, e.g. "
+                        "MODEL.BACKBONE.STRIDE_SIZE '(16, 16)' for the pretraining grid")
     args = parser.parse_args(argv)
     setup_logger(name="fastreid")
     root = ensure_benchmark(args.benchmark_dir, args.training, args.split)
-    results = {(w or "random init"): evaluate(w, root, args.captions, args.config_file, args.seed)
+    results = {(w or "random init"): evaluate(w, root, args.captions, args.config_file, args.seed, args.opts)
                for w in args.weights}
     print(f"\nZero-shot on benchmark {benchmark_id()} split {args.split} (numbers in %):\n")
     print(table(results))

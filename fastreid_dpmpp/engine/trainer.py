@@ -15,6 +15,7 @@ from fastreid.utils import comm
 from fastreid.utils.params import ContiguousParams
 
 from ..checkpoint import atomic_write_text
+from ..evaluation.breakdown import with_breakdowns
 from ..evaluation.masked_evaluator import MaskedReidEvaluator
 from ..evaluation.rerank import RerankReidEvaluator, uses_rerank_evaluator
 from ..modeling.heads.dpm_head import emits_query_masks, has_mask_generator
@@ -63,6 +64,38 @@ def only_these_require_grad(model, parameters):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def layer_decay_scales(model, decay):
+    """{id(parameter): decay^(depth + 1 − layer)} for the backbone's parameters (``ReIDViT.layer_id``)."""
+    backbone = _unwrapped(model).backbone
+    top = backbone.depth + 1
+    return {id(p): decay ** (top - backbone.layer_id(name)) for name, p in backbone.named_parameters()}
+
+
+@contextlib.contextmanager
+def layer_decayed_lrs(model, decay):
+    """Within the block, fast-reid's parameter groups get their LR scaled by ``layer_decay_scales`` (layer-wise LR
+    decay, SOLVER.LAYER_DECAY); decay 1.0 (or a backbone without layers) changes nothing."""
+    from fastreid.solver import build as solver_build
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"SOLVER.LAYER_DECAY must be in (0, 1] (1.0 = off), got {decay}")
+    if decay == 1.0 or not hasattr(_unwrapped(model).backbone, "layer_id"):
+        yield
+        return
+    scales, original = layer_decay_scales(model, decay), solver_build.get_default_optimizer_params
+
+    def decayed(*args, **kwargs):
+        groups = original(*args, **kwargs)
+        for group in groups:
+            group["lr"] = group["lr"] * scales.get(id(group["params"][0]), 1.0)
+        return groups
+
+    solver_build.get_default_optimizer_params = decayed
+    try:
+        yield
+    finally:
+        solver_build.get_default_optimizer_params = original
 
 
 def check_alternate_update(cfg):
@@ -174,13 +207,15 @@ class DPMPPTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """fast-reid's optimiser; with MODEL.DPMPP.ALTERNATE_UPDATE it leaves out the mask generator, which gets
-        its own optimiser (``build_mask_optimizer``)."""
-        if not cfg.MODEL.DPMPP.ALTERNATE_UPDATE:
-            return super().build_optimizer(cfg, model)
-        excluded = {id(p) for p in mask_generator_parameters(model)}
-        with only_these_require_grad(model, [p for p in model.parameters() if id(p) not in excluded]):
-            return super().build_optimizer(cfg, model)
+        """fast-reid's optimiser, with the backbone's LRs decayed by depth when SOLVER.LAYER_DECAY < 1; with
+        MODEL.DPMPP.ALTERNATE_UPDATE it leaves out the mask generator, which gets its own optimiser
+        (``build_mask_optimizer``)."""
+        with layer_decayed_lrs(model, float(cfg.SOLVER.LAYER_DECAY)):
+            if not cfg.MODEL.DPMPP.ALTERNATE_UPDATE:
+                return super().build_optimizer(cfg, model)
+            excluded = {id(p) for p in mask_generator_parameters(model)}
+            with only_these_require_grad(model, [p for p in model.parameters() if id(p) not in excluded]):
+                return super().build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
@@ -192,7 +227,8 @@ class DPMPPTrainer(DefaultTrainer):
             evaluator = MaskedReidEvaluator
         else:
             evaluator = RerankReidEvaluator if uses_rerank_evaluator(cfg) else ReidEvaluator
-        return data_loader, evaluator(cfg, num_query, output_dir)
+        # + own-camera top-1 share and, on the synthetic benchmark, per occluder / coverage (evaluation/breakdown.py)
+        return data_loader, with_breakdowns(evaluator)(dataset_name, cfg, num_query, output_dir or cfg.OUTPUT_DIR)
 
     @classmethod
     def test(cls, cfg, model):

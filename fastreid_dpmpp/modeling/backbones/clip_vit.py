@@ -306,6 +306,29 @@ class ReIDViT(nn.Module):
             return x + sie
         return torch.cat([x[:, :1] + sie, x[:, 1:]], dim=1)
 
+    # ---------------------------------------------------------------- fine-tuning controls
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter ``name`` (relative to this module) for layer-wise LR decay: 0 = embeddings (patch,
+        class token, position table, SIE, pre-norm), i + 1 = block i, depth + 1 = final norm and projection."""
+        blocks = "visual.transformer.resblocks." if self.family == "clip" else "visual.blocks."
+        if name.startswith(blocks):
+            return int(name[len(blocks):].split(".")[0]) + 1
+        embeddings = ("visual.conv1", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre",
+                      "visual.patch_embed", "visual.cls_token", "visual.pos_embed", "visual.norm_pre", "sie_embed")
+        return 0 if name.startswith(embeddings) else self.depth + 1
+
+    def freeze_first_blocks(self, count: int):
+        """Freeze the embeddings and the first ``count`` blocks (MODEL.VIT.FREEZE_BLOCKS); the camera table stays
+        trainable (it is not pretrained)."""
+        if not 0 <= int(count) <= self.depth:
+            raise ValueError(f"MODEL.VIT.FREEZE_BLOCKS must be in 0..{self.depth} (the blocks), got {count}")
+        if count == 0:
+            return
+        for name, parameter in self.named_parameters():
+            if name != "sie_embed" and self.layer_id(name) <= int(count):
+                parameter.requires_grad_(False)
+        logger.info("Frozen: the embeddings and the first %d of %d blocks (MODEL.VIT.FREEZE_BLOCKS)", count, self.depth)
+
     # ---------------------------------------------------------------- public forward API
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         """Overlapping patch embedding E x_i (Eq. 1): (B, 3, H, W) -> (B, N, D), row-major over (Hp, Wp)."""
@@ -544,6 +567,7 @@ def build_clip_vit_backbone(cfg) -> ReIDViT:
         tap_blocks=cfg.MODEL.VIT.TAPS,
         drop_path=cfg.MODEL.BACKBONE.DROP_PATH_RATIO,
     )
+    backbone.freeze_first_blocks(int(cfg.MODEL.VIT.FREEZE_BLOCKS))
     if int(cfg.MODEL.BACKBONE.FEAT_DIM) != backbone.width:
         logger.warning("MODEL.BACKBONE.FEAT_DIM is %s but the ViT width D is %d; fast-reid's heads read "
                        "FEAT_DIM", cfg.MODEL.BACKBONE.FEAT_DIM, backbone.width)
