@@ -43,7 +43,9 @@ def add_dpmpp_config(cfg):
     _C.MODEL.VIT.ALLOW_TORCHSCRIPT_LOADER = False
     _C.MODEL.VIT.SIE_ENABLED = True         # side-information (camera) embedding, Eq. 2
     _C.MODEL.VIT.SIE_MODE = "cls"           # "all" tokens (paper Eq. 2) or "cls" token only (CLIP-ReID) [pred]
-    _C.MODEL.VIT.SIE_AT_TEST = True         # add the camera embedding at test too (TransReID / CLIP-ReID) [pred]
+    # add the camera embedding at test too (TransReID / CLIP-ReID do) — False [ours]: on the validation split it pulls
+    # the top-1 towards the query's own camera and lowers mAP at every LR tried (docs/RESULTS.md, Phase A)
+    _C.MODEL.VIT.SIE_AT_TEST = False
     _C.MODEL.VIT.NUM_CAMERAS = 0            # rows of S; 0 = number of training cameras of the dataset
     _C.MODEL.VIT.TAPS = (2, 4, 10, 12)      # 1-based blocks whose patch tokens feed HMG / SPS [pred]
     # Fine-tuning controls [ours]: freeze the embeddings + first k blocks; layer-wise LR decay d (block i of L
@@ -58,9 +60,10 @@ def add_dpmpp_config(cfg):
 
     # ---------------------------------------------------------------- DPM++ model (SPEC §5)
     _C.MODEL.DPMPP = CN()
-    # test descriptor: "concat" = L2[v, v_p] (CLIP-ReID), "cls" = v, "bn_cls" = BN(v), "proj" = v_p,
-    # "concat_bn" = [L2 BN(v), L2 v_p] [ours]; masked matching acts on its v (or BN(v)) part
-    _C.MODEL.DPMPP.DESCRIPTOR = "concat"
+    # test descriptor: "concat" = L2[v, v_p] (CLIP-ReID, SPEC §1), "cls" = v, "bn_cls" = BN(v), "proj" = v_p,
+    # "concat_bn" = [L2 BN(v), L2 v_p] / sqrt 2; masked matching acts on its v (or BN(v)) part. "concat_bn" [ours]:
+    # the best space of the CLIP baseline on the validation split (docs/RESULTS.md, Phase A)
+    _C.MODEL.DPMPP.DESCRIPTOR = "concat_bn"
     _C.MODEL.DPMPP.DPM_ENABLED = True       # mask-prototype branch (L_mask, masked matching) on/off
     _C.MODEL.DPMPP.HMG_ENABLED = True       # hierarchical mask generator; off = mask from the final feature map only
     _C.MODEL.DPMPP.HMG_GATES = (1, 1, 1, 1)  # g, one binary gate per tap (Eq. 20)

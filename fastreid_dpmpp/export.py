@@ -30,7 +30,8 @@ class InferenceModel(nn.Module):
         self.model = model.eval()
         self.masked = bool(getattr(model, "masked_matching", False))
         backbone = getattr(model, "backbone", None)
-        self.uses_camids = getattr(backbone, "sie_embed", None) is not None
+        # camera ids are an input only when the model adds the camera embedding at test (MODEL.VIT.SIE_AT_TEST)
+        self.uses_camids = getattr(backbone, "sie_embed", None) is not None and getattr(model, "sie_at_test", True)
         self.eval()
 
     @property

@@ -23,8 +23,9 @@ def tiny_model(*opts):
     model, cfg = load_inference_model(CONFIG, TINY + list(opts))
     # Random init leaves the HMG's FC at zero (every mask entry 0.5) and BN at unit statistics: perturb every
     # parameter and buffer so that the mask varies per image and channel and BN's running stats matter.
+    # (Only what the checkpoint holds: the non-persistent pixel mean / std stay as the config sets them.)
     with torch.no_grad():
-        for tensor in list(model.parameters()) + [b for b in model.buffers() if b.dtype.is_floating_point]:
+        for tensor in [t for t in model.state_dict(keep_vars=True).values() if t.dtype.is_floating_point]:
             tensor.add_(0.05 * torch.randn_like(tensor)).abs_() if tensor.dim() == 1 else \
                 tensor.add_(0.05 * torch.randn_like(tensor))
     return model, cfg
@@ -47,7 +48,8 @@ def compare(model, path, camids):
 
 
 def test_masked_model_with_sie_exports_descriptor_and_mask(tmp_path):
-    model, _ = tiny_model("MODEL.VIT.NUM_CAMERAS", "4")
+    # SIE at test (MODEL.VIT.SIE_AT_TEST True): the exported model takes camera ids
+    model, _ = tiny_model("MODEL.VIT.NUM_CAMERAS", "4", "MODEL.VIT.SIE_AT_TEST", "True")
     camids = torch.tensor([0, 3, 1])
     wrapper, got = compare(model, tmp_path / "dpmpp.onnx", camids)
     assert wrapper.input_names == ["images", "camids"] and wrapper.output_names == ["descriptor", "mask"]
@@ -84,3 +86,9 @@ def test_export_tool_writes_a_verified_model(tmp_path, capsys):
         expected = model({"images": images, "camids": camids})
     got = run_onnx(str(output), images, camids)
     assert np.abs(np.concatenate([got["descriptor"], got["mask"]], 1) - expected.numpy()).max() <= 1e-4
+
+
+def test_without_sie_at_test_the_model_takes_no_camera_ids(tmp_path):
+    model, _ = tiny_model("MODEL.VIT.NUM_CAMERAS", "4", "MODEL.VIT.SIE_AT_TEST", "False")
+    wrapper, _ = compare(model, tmp_path / "no_sie_at_test.onnx", None)
+    assert wrapper.input_names == ["images"]
