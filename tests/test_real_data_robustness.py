@@ -95,7 +95,7 @@ def train_config(root, output, *opts):
 
 def test_training_on_2_cameras_evaluates_on_4_with_the_unseen_ones_named_at_build_time(four_cameras, tmp_path):
     out = tmp_path / "run"
-    cfg = train_config(four_cameras, out)
+    cfg = train_config(four_cameras, out, "MODEL.VIT.SIE_AT_TEST", True)   # the camera embedding is used at test
     with logged("fastreid.dpmpp.cameras", logging.WARNING) as at_build:
         trainer = DPMPPTrainer(cfg)
     warnings = [r.getMessage() for r in at_build]

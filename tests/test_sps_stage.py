@@ -122,7 +122,8 @@ def test_budget_term_trains_only_the_decision_layer():
 
 
 def test_eval_returns_the_normalised_descriptor():
-    model = build_sps().eval()
+    # CLIP-ReID's descriptor with the camera embedding at test (SPEC §1)
+    model = build_sps("MODEL.DPMPP.DESCRIPTOR", "concat", "MODEL.VIT.SIE_AT_TEST", True).eval()
     data = batch(4)
     with torch.no_grad():
         descriptor = model(data)

@@ -29,6 +29,13 @@ class CLIPReIDHead(nn.Module):
         self.register_buffer("text_prototypes", load_frozen_text_prototypes(path, num_classes, proj_dim) if path
                              else None, persistent=True)
 
+    def neck_features(self, outputs):
+        """{"bn_v": BN(v), "bn_vp": BN(v_p)} (the latter with a CLIP projection)."""
+        features = {"bn_v": self.bottleneck(outputs["cls"])}
+        if self.has_proj and outputs.get("proj") is not None:
+            features["bn_vp"] = self.bottleneck_proj(outputs["proj"])
+        return features
+
     def forward(self, outputs):
         """{"cls": BN(v)·W, "proj": BN(v_p)·W_p} and, with T, "i2t": v_p·Tᵀ (CLIP-ReID's image-to-text logits)."""
         logits = {"cls": self.classifier(self.bottleneck(outputs["cls"]))}

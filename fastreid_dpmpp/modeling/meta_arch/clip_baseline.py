@@ -41,10 +41,7 @@ class CLIPBaseline(ViTReIDMetaArch):
 
 
     def neck_features(self, outputs):
-        features = {"bn_v": self.heads.bottleneck(outputs["cls"])}
-        if self.heads.has_proj and outputs.get("proj") is not None:
-            features["bn_vp"] = self.heads.bottleneck_proj(outputs["proj"])
-        return features
+        return self.heads.neck_features(outputs)
 
 
 def spt_ignore_masks(spt_info):

@@ -66,6 +66,9 @@ class SPSModel(ViTReIDMetaArch):
         """Eq. 3 on the taps of a backbone pass: (B, N) in (0, 1)."""
         return self.selector(outputs["taps"])
 
+    def neck_features(self, outputs):
+        return self.heads.neck_features(outputs)
+
     def saliency(self, images, camids=None):
         """M for a batch of images already normalised with MODEL.PIXEL_MEAN/STD: (B, N), row-major over
         ``grid_size``. Runs in the model's current mode; SPT calls it on a frozen eval model under no_grad."""
