@@ -107,11 +107,11 @@ def _protocol(plain, masked=None, shuffled=None, holistic=80.0, queries=6, offse
 
 def test_demo_rows_table_and_reading():
     demo = _demo()
-    results = {("clip_baseline", 0): _protocol(40.0), ("dpmpp_no_dpm", 0): _protocol(41.0, offset=0.0),
+    results = {("clip_baseline", 0): _protocol(40.0),
                ("dpm", 0): _protocol(45.0, 45.2, 45.1, holistic=85.0, offset=0.1),
                ("dpmpp", 0): _protocol(41.5, 41.4, 41.6, holistic=77.0, offset=-0.1)}
     rows = demo.demo_rows(results, "test1", 0)
-    assert [r["arm"] for r in rows] == ["clip_baseline", "dpmpp_no_dpm", "dpm", "dpmpp"]
+    assert [r["arm"] for r in rows] == ["clip_baseline", "dpm", "dpmpp"]
     by_name = {r["arm"]: r for r in rows}
     assert by_name["dpm"]["mAP"][0] == pytest.approx(45.2)          # masked matching where the model has masks
     assert by_name["dpm"]["delta"][0] == pytest.approx(5.2)

@@ -13,6 +13,7 @@ import fastreid_dpmpp  # noqa: F401
 from fastreid.evaluation.testing import print_csv_format
 from fastreid.utils.logger import setup_logger
 
+from fastreid_dpmpp.engine.defaults import USER_ERRORS
 from fastreid_dpmpp.engine.pipeline import evaluate_checkpoint, plan_stages, run_pipeline
 
 
@@ -34,4 +35,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as e:
+        raise SystemExit(f"error: {e}") from None  # the message says it all; no traceback
