@@ -122,6 +122,11 @@ def test_protocol_evaluation_reads_the_cnn_models(data_root):
         cfg = project_cfg(os.path.join(PROJECT, "configs", name), "INPUT.SIZE_TEST", "[64, 32]", "TEST.IMS_PER_BATCH", "32")
         torch.manual_seed(0)
         model = build_model(cfg).eval()
+        images = torch.rand(3, 3, 64, 32) * 255
+        with torch.no_grad():       # fresh tensors: fast-reid's preprocess_image normalises the batch in place
+            named, returned = model.named_features({"images": images.clone()}), model({"images": images.clone()})
+        assert torch.allclose(named["bn_v"], returned, atol=1e-5)          # the protocol's bn_v = what fast-reid tests
+        assert ("mask" in named) == has_mask
         result = evaluate_split(model, cfg, data_root, spaces=("bn_v",))
         space = result["sie_off"]["bn_v"]
         assert set(result) == ({"sie_off"}) and 0 <= space["plain"]["mAP"] <= 100
