@@ -300,3 +300,16 @@ def test_layout_round_trip_with_the_dpm_head():
     with torch.no_grad():
         mask = head.mask_from(packed)
     assert mask.shape == (2, 1280) and torch.isfinite(mask).all()
+
+
+def test_a_weights_file_with_code_is_refused(small_file, tmp_path):
+    """The file is read by the project's weights module (torch.load weights_only): pickled code is not run."""
+    import functools
+    path, state, _ = small_file
+    evil = OrderedDict(state)
+    evil["_fc.bias"] = functools.partial(os.getcwd)
+    evil_path = str(tmp_path / "evil.pth")
+    torch.save(evil, evil_path)
+    with pytest.raises(ValueError, match="refusing to unpickle") as info:
+        el.load_lite_weights(small_net(), evil_path, ARCH)
+    assert evil_path in str(info.value)
