@@ -92,7 +92,8 @@ def lite_key_map(file_keys, model_keys) -> Dict[str, str]:
     them)."""
     timm_blocks = list(OrderedDict.fromkeys(m.group(1) for m in map(_TIMM_BLOCK.match, model_keys) if m))
     file_keys = list(file_keys)
-    expanded = {k.split(".")[1] for k in file_keys if k.startswith("_blocks.") and k.split(".")[2] == "_expand_conv"}
+    expanded = {k.split(".")[1] for k in file_keys
+                if k.startswith("_blocks.") and k.count(".") >= 3 and k.split(".")[2] == "_expand_conv"}
     mapping = {}
     for key in file_keys:
         parts = key.split(".")
