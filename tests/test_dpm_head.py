@@ -1,5 +1,6 @@
 """DPM head wiring (SPEC §5): BN-neck, prototypes, HMG mask, Eq. 10 masked prototypes, L_id / L_mask logits,
-ablation switches, the tapped ResNet layout and the head inside fast-reid's stock Baseline (DPMHeadR50)."""
+ablation switches, the tapped ResNet layout and the head inside fast-reid's stock Baseline (the ResNet configs of
+projects/DPMHeadCNN)."""
 import importlib.util
 import json
 import math
@@ -308,7 +309,7 @@ def test_untapped_fastreid_backbone_uses_its_final_map():
     assert torch.isfinite(sum(losses.values()))
 
 
-# ---------------------------------------------------------------------------- the DPMHeadR50 project
+# ---------------------------------------------------------------------------- the ResNet configs of projects/DPMHeadCNN
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
     """6 training ids x 4 images, 4 queries, 60 gallery images: fast-reid's Python ranking (used when its
@@ -322,9 +323,11 @@ def synthetic_root(tmp_path_factory):
 
 
 def test_dpmhead_r50_project_trains_through_stock_baseline(synthetic_root, tmp_path, monkeypatch):
+    """projects/DPMHeadCNN/configs/R50-OccludedDuke.yml (a GPU config) on the CPU, small, in fast-reid's unmodified
+    Baseline (without the project's "IdLoss", which only CNNBaseline reads)."""
     monkeypatch.setenv("FASTREID_DPMPP_NO_CYTHON", "1")  # Python ranking: no compile step in the test
-    spec = importlib.util.spec_from_file_location("dpmhead_r50_train_net",
-                                                  os.path.join(ROOT, "projects/DPMHeadR50/train_net.py"))
+    spec = importlib.util.spec_from_file_location("dpmhead_cnn_train_net",
+                                                  os.path.join(ROOT, "projects/DPMHeadCNN/train_net.py"))
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
     from fastreid.engine import default_argument_parser
@@ -334,7 +337,10 @@ def test_dpmhead_r50_project_trains_through_stock_baseline(synthetic_root, tmp_p
     monkeypatch.setattr(MaskedReidEvaluator, "evaluate", lambda self: calls.append(1) or original(self))
     out = str(tmp_path / "out")
     args = default_argument_parser().parse_args([
-        "--config-file", os.path.join(ROOT, "projects/DPMHeadR50/configs/Synthetic.yml"),
+        "--config-file", os.path.join(ROOT, "projects/DPMHeadCNN/configs/R50-OccludedDuke.yml"),
+        "MODEL.META_ARCHITECTURE", "Baseline", "MODEL.LOSSES.NAME", '("CrossEntropyLoss", "TripletLoss")',
+        "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.AMP.ENABLED", "False", "SOLVER.WARMUP_ITERS", "0", "CUDNN_BENCHMARK", "False",
         "DATASETS.ROOT", synthetic_root, "OUTPUT_DIR", out, "MODEL.BACKBONE.DEPTH", "18x",
         "MODEL.BACKBONE.FEAT_DIM", "512", "MODEL.HEADS.EMBEDDING_DIM", "32", "INPUT.SIZE_TRAIN", "[64, 32]",
         "INPUT.SIZE_TEST", "[64, 32]", "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1",
@@ -343,4 +349,4 @@ def test_dpmhead_r50_project_trains_through_stock_baseline(synthetic_root, tmp_p
     assert calls and set(results) >= {"Rank-1", "mAP", "mINP"}
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
     logged = [r for r in records if "loss_cls" in r]
-    assert logged and all("loss_triplet" in r and math.isfinite(r["total_loss"]) for r in logged)
+    assert logged and all("loss_triplet" in r and "loss_id" not in r and math.isfinite(r["total_loss"]) for r in logged)

@@ -6,3 +6,4 @@ register_model_configs()
 
 from .clip_vit import ReIDViT, build_clip_model, build_clip_vit_backbone  # noqa: E402,F401
 from .tapped_cnn import build_tapped_resnet_backbone  # noqa: E402,F401
+from .efficientnet_lite import build_efficientnet_lite_backbone  # noqa: E402,F401

@@ -1,5 +1,7 @@
-"""fast-reid's ResNet with multi-level taps for the Hierarchical Mask Generator (SPEC §5: "for a CNN
-backbone the taps are its stage outputs, resized to one grid").
+"""CNN backbones with multi-level taps for the Hierarchical Mask Generator (SPEC §5: "for a CNN
+backbone the taps are its stage outputs, resized to one grid"): fast-reid's ResNet here, EfficientNet-Lite0 in
+``efficientnet_lite.py``; both use this module's packing (:func:`pack_taps`) and layout (:class:`TapLayout`,
+:func:`stage_layout`).
 
 fast-reid's backbone contract is one 4-D map per image, and the stock ``Baseline`` hands that map to the
 head unchanged. ``build_tapped_resnet_backbone`` therefore packs the taps into the channels of that map:
@@ -14,7 +16,8 @@ head unchanged. ``build_tapped_resnet_backbone`` therefore packs the taps into t
   serves as the last tap.
 
 The DPM head splits the channels back with :func:`tapped_resnet_layout` (the same function for both
-sides, from the config alone, because fast-reid builds backbone and head separately).
+sides, from the config alone, because fast-reid builds backbone and head separately). Every tapped backbone
+lists its layout function in :data:`TAPPED_BACKBONES` under its registered name.
 """
 import logging
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from fastreid.modeling.backbones.build import BACKBONE_REGISTRY
 from fastreid.modeling.backbones.resnet import build_resnet_backbone
 
 __all__ = ["TappedResNet", "TapLayout", "build_tapped_resnet_backbone", "tapped_resnet_layout",
-           "TAPPED_BACKBONES", "DEFAULT_TAP_STAGES", "tap_stages_from_config"]
+           "TAPPED_BACKBONES", "DEFAULT_TAP_STAGES", "tap_stages_from_config", "stage_layout", "pack_taps"]
 
 logger = logging.getLogger("fastreid.dpmpp.tapped_cnn")
 
@@ -61,21 +64,30 @@ class TapLayout:
             raise ValueError(
                 f"tapped_cnn.py: expected a (B, {self.total_channels}, H, W) tapped map (taps "
                 f"{list(self.extra_channels)} + final {self.final_channels} channels), got "
-                f"{tuple(feature_map.shape)}; is MODEL.BACKBONE.NAME build_tapped_resnet_backbone with the "
-                f"same {TAP_STAGES_KEY} and DEPTH?")
+                f"{tuple(feature_map.shape)}; is MODEL.BACKBONE.NAME the tapped backbone ({', '.join(TAPPED_BACKBONES)}) "
+                f"with the same {TAP_STAGES_KEY} and DEPTH?")
         parts = list(torch.split(feature_map, list(self.extra_channels) + [self.final_channels], dim=1))
         final = parts.pop()
         taps = parts + ([final] if self.final_is_tap else [])
         return taps, final
 
 
-def tap_stages_from_config(cfg):
-    """``MODEL.BACKBONE.TAP_STAGES`` (default (1, 2, 3, 4)), checked: 1-based, strictly increasing, ≤ 4."""
+def tap_stages_from_config(cfg, num_stages=NUM_STAGES, network="ResNet"):
+    """``MODEL.BACKBONE.TAP_STAGES`` (default (1, 2, 3, 4)), checked: 1-based, strictly increasing, ≤ ``num_stages``
+    (the stage numbers of ``network``, the last one being its final map)."""
     stages = tuple(int(s) for s in cfg.MODEL.BACKBONE.get("TAP_STAGES", DEFAULT_TAP_STAGES))
-    if not stages or any(s < 1 or s > NUM_STAGES for s in stages) or list(stages) != sorted(set(stages)):
-        raise ValueError(f"{TAP_STAGES_KEY}={stages}: expected strictly increasing 1-based ResNet stage "
-                         f"numbers in 1..{NUM_STAGES}, e.g. (1, 2, 3, 4)")
+    if not stages or any(s < 1 or s > num_stages for s in stages) or list(stages) != sorted(set(stages)):
+        raise ValueError(f"{TAP_STAGES_KEY}={stages}: expected strictly increasing 1-based {network} stage "
+                         f"numbers in 1..{num_stages}, e.g. {tuple(range(1, min(num_stages, 4) + 1))}")
     return stages
+
+
+def stage_layout(stage_widths, tap_stages) -> TapLayout:
+    """The layout of a packed map whose final map is the last of ``stage_widths`` (channels of stages 1..n) and
+    whose taps are the 1-based ``tap_stages`` (the final stage, when listed, is the final block, not repeated)."""
+    last = len(stage_widths)
+    return TapLayout(extra_channels=tuple(stage_widths[s - 1] for s in tap_stages if s != last),
+                     final_channels=stage_widths[-1], final_is_tap=last in tap_stages)
 
 
 def tapped_resnet_layout(cfg) -> TapLayout:
@@ -83,10 +95,7 @@ def tapped_resnet_layout(cfg) -> TapLayout:
     depth = cfg.MODEL.BACKBONE.DEPTH
     if depth not in _BLOCK_EXPANSION:
         raise ValueError(f"MODEL.BACKBONE.DEPTH={depth!r}: fast-reid's ResNet depths are {sorted(_BLOCK_EXPANSION)}")
-    widths = [w * _BLOCK_EXPANSION[depth] for w in _STAGE_WIDTHS]
-    stages = tap_stages_from_config(cfg)
-    return TapLayout(extra_channels=tuple(widths[s - 1] for s in stages if s != NUM_STAGES),
-                     final_channels=widths[-1], final_is_tap=NUM_STAGES in stages)
+    return stage_layout([w * _BLOCK_EXPANSION[depth] for w in _STAGE_WIDTHS], tap_stages_from_config(cfg))
 
 
 def _resize_to(x, size):
@@ -95,6 +104,12 @@ def _resize_to(x, size):
     if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
         return F.adaptive_avg_pool2d(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def pack_taps(extra_taps, final):
+    """cat([tap_1, ..., tap_k, final], dim=1), every tap resized to the final map's H×W (module docstring)."""
+    grid = final.shape[-2:]
+    return torch.cat([_resize_to(t, grid) for t in extra_taps] + [final], dim=1)
 
 
 class TappedResNet(nn.Module):
@@ -130,8 +145,7 @@ class TappedResNet(nn.Module):
             x = self._stage(index, x)
             if index in self.tap_stages and index != NUM_STAGES:
                 extra_taps.append(x)
-        grid = x.shape[-2:]
-        return torch.cat([_resize_to(t, grid) for t in extra_taps] + [x], dim=1)
+        return pack_taps(extra_taps, x)
 
 
 @BACKBONE_REGISTRY.register()
