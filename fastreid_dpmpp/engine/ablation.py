@@ -26,7 +26,7 @@ import numpy as np
 from ..checkpoint import atomic_write_text
 from .defaults import load_config
 from .pipeline import Stage, plan_stages, run_stage
-from .trainer import EVAL_RESULTS_FILE
+from .eval_results import EVAL_RESULTS_FILE
 
 __all__ = ["Row", "Table", "TABLES", "as_table", "select_rows", "BACKBONES", "TEST_SETS", "METRICS", "RunSpec", "plan_runs",
            "read_final_metrics", "finished_runs", "missing_runs", "summarise", "chance_metrics", "markdown_table", "plot_table", "run_ablation"]

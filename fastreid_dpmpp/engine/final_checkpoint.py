@@ -19,6 +19,8 @@ from fastreid.engine.hooks import EvalHook
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
+from .eval_results import EVAL_RESULTS_FILE
+
 logger = logging.getLogger("fastreid.dpmpp.final_checkpoint")
 
 __all__ = ["SaveBeforeFinalEvaluation", "report_evaluation_failures", "eval_only_command", "with_safe_evaluation"]
@@ -39,7 +41,6 @@ class SaveBeforeFinalEvaluation(HookBase):
 
     def after_epoch(self):
         if _is_last_epoch(self.trainer):
-            from .trainer import EVAL_RESULTS_FILE
             stale = os.path.join(self.trainer.cfg.OUTPUT_DIR, EVAL_RESULTS_FILE)
             if comm.is_main_process() and os.path.isfile(stale):
                 os.remove(stale)

@@ -131,7 +131,7 @@ def evaluate_checkpoint(config_file, weights, opts=(), output_dir=None):
     import fastreid_dpmpp  # noqa: F401
     from fastreid.utils.checkpoint import Checkpointer
 
-    from .defaults import apply_dataset_root
+    from ..data.root import apply_dataset_root
     from .trainer import DPMPPTrainer, with_camera_count
 
     cfg = load_config(config_file, list(opts) + ["MODEL.WEIGHTS", weights] +

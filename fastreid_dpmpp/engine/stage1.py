@@ -30,7 +30,7 @@ from fastreid.utils.logger import setup_logger
 from ..checkpoint import atomic_torch_save, trusted_torch_load
 from ..modeling.meta_arch.prompt_learning import CLIPPromptLearning  # noqa: F401  (registers the meta-arch)
 from ..text_prototypes import identity_keys, save_text_prototypes
-from .defaults import apply_dataset_root, dataset_root
+from ..data.root import apply_dataset_root, dataset_root
 from .nan_guard import NonFiniteWeightsError, with_non_finite_guard
 
 logger = logging.getLogger("fastreid.dpmpp.stage1")

@@ -1,8 +1,6 @@
 """fast-reid's DefaultTrainer with the few DPM++ additions; everything else is fast-reid's own."""
 import contextlib
-import json
 import logging
-import os
 import time
 
 import torch
@@ -14,27 +12,19 @@ from fastreid.solver.build import get_default_optimizer_params
 from fastreid.utils import comm
 from fastreid.utils.params import ContiguousParams
 
-from ..checkpoint import atomic_write_text
+from ..data.cameras import test_camera_rows, training_cameras, with_camera_count  # noqa: F401  (with_camera_count: API)
+from ..data.root import apply_dataset_root
 from ..evaluation.breakdown import with_breakdowns
 from ..evaluation.masked_evaluator import MaskedReidEvaluator
 from ..evaluation.rerank import RerankReidEvaluator, uses_rerank_evaluator
-from ..modeling.heads.dpm_head import emits_query_masks, has_mask_generator
+from ..model_outputs import emits_query_masks, has_mask_generator
 from ..text_prototypes import load_text_prototypes
-from .cameras import test_camera_rows, training_cameras, with_camera_count  # noqa: F401  (with_camera_count: API)
-from .defaults import apply_dataset_root
+from .eval_results import EVAL_RESULTS_FILE, write_eval_results  # noqa: F401  (EVAL_RESULTS_FILE: API)
 from .final_checkpoint import with_safe_evaluation
 from .nan_guard import with_non_finite_guard
 from .resume import EpochSeedHook
 
 logger = logging.getLogger("fastreid.dpmpp.trainer")
-EVAL_RESULTS_FILE = "eval_results.json"
-
-
-def write_eval_results(output_dir, results):
-    """{dataset: {metric: value}} -> OUTPUT_DIR/eval_results.json, atomically."""
-    payload = {name: {metric: float(value) for metric, value in metrics.items()} for name, metrics in results.items()}
-    os.makedirs(output_dir, exist_ok=True)
-    atomic_write_text(json.dumps(payload, indent=2), os.path.join(output_dir, EVAL_RESULTS_FILE))
 
 
 def count_training_cameras(cfg):
@@ -252,7 +242,7 @@ class DPMPPTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         # fast-reid's test loader always uses 4 workers; honour DATALOADER.NUM_WORKERS (2-core machines).
-        # Camera ids become SIE rows; cameras training never saw get distinct ids >= NUM_CAMERAS (engine/cameras.py).
+        # Camera ids become SIE rows; cameras training never saw get distinct ids >= NUM_CAMERAS (data/cameras.py).
         apply_dataset_root(cfg)
         args = _test_loader_from_config(cfg, dataset_name=dataset_name)
         args["test_set"].img_items, _ = test_camera_rows(cfg, dataset_name, args["test_set"].img_items)
