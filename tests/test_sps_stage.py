@@ -20,7 +20,7 @@ from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.events import EventStorage
 from fastreid_dpmpp.checkpoint import trusted_torch_load
 from fastreid_dpmpp.engine.defaults import load_config
-from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
+from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
 from fastreid_dpmpp.engine.stage2 import CompositeOptimizer, Stage2Trainer, build_stage2_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

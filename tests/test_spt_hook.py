@@ -22,8 +22,10 @@ from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.events import EventStorage
 from fastreid_dpmpp.checkpoint import trusted_torch_load
 from fastreid_dpmpp.engine.defaults import load_config
-from fastreid_dpmpp.engine.spt_hook import SPSWeightsError, SPTHook, load_frozen_sps_model
-from fastreid_dpmpp.modeling.spt_synthesizer import SPTSynthesizer, freeze_model
+from fastreid_dpmpp.engine.sps_checkpoint import SPSWeightsError, load_frozen_sps_model
+from fastreid_dpmpp.engine.spt_hook import SPTHook
+from fastreid_dpmpp.modeling.module_utils import freeze_model
+from fastreid_dpmpp.modeling.spt_synthesizer import SPTSynthesizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE_CONFIG = os.path.join(ROOT, "configs", "Synthetic", "clip_baseline.yml")

@@ -301,7 +301,7 @@ def integer_camera(camid):
 def spt_picture(study, sps_path, train_items, max_rows, path):
     """Draw the SPT synthesis of one batch of training images with the frozen SPS model (every sample considered,
     SPT.PROB = 1; the other SPT.* keys as configured)."""
-    from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
+    from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
     from fastreid_dpmpp.modeling.spt_synthesizer import SPTSynthesizer
     cfg = study.cfg
     sps_model = load_frozen_sps_model(cfg, sps_path, key="--sps-weights / SPT.SPS_WEIGHTS").to(study.model.device)

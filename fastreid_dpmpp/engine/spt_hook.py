@@ -13,99 +13,30 @@
   synthesised samples of the current batch, rendered on pixels, to ``OUTPUT_DIR/spt_samples_iter{N}.png``
   (N = 0-based iteration).
 
-Accepted SPS files: anything holding ``{"model": <SPSModel state dict>}``: the Stage II artifact
-``OUTPUT_DIR/STAGE2.OUTPUT`` written by ``tools/train_stage2.py`` (which also records the backbone keys and the
-class count) or one of Stage II's fast-reid checkpoints (``stage2/model_final.pth``; then the trainer's own
-backbone keys are used).
+Accepted SPS files: see :mod:`fastreid_dpmpp.engine.sps_checkpoint` (the Stage II -> III hand-over file: its
+writer, reader and errors).
 """
 import logging
 import os
 
 import torch
 from fastreid.engine.train_loop import HookBase
-from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, build_model
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 
-from ..checkpoint import trusted_torch_load
-from ..modeling.spt_synthesizer import SPTSynthesizer, freeze_model
+from ..modeling.module_utils import unwrap_model
+from ..modeling.spt_synthesizer import SPTSynthesizer
+# The Stage II -> III file (reader, errors) lives in sps_checkpoint.py; re-exported here for the tools and tests.
+from .sps_checkpoint import SPSWeightsError, load_frozen_sps_model, sps_model_config  # noqa: F401
 
 logger = logging.getLogger("fastreid.dpmpp.spt_hook")
 
 __all__ = ["SPTHook", "SPSWeightsError", "load_frozen_sps_model", "sps_model_config", "unwrap_model",
            "picture_path"]
 
-SPS_META_KEY = "sps_meta"
-CLASSIFIER_KEY = "heads.classifier.weight"
-
-
-class SPSWeightsError(ValueError):
-    """SPT.SPS_WEIGHTS is unset, missing, or does not hold an SPS model matching the config."""
-
-
-def unwrap_model(model):
-    """The module behind DistributedDataParallel (or the model itself)."""
-    return getattr(model, "module", model)
-
 
 def picture_path(output_dir, iteration):
     return os.path.join(output_dir, f"spt_samples_iter{int(iteration)}.png")
-
-
-def _read_sps_file(path, key):
-    if not path:
-        raise SPSWeightsError(f"{key} is empty: set it to the Stage II checkpoint (OUTPUT_DIR/STAGE2.OUTPUT written "
-                              f"by tools/train_stage2.py)")
-    if not os.path.isfile(path):
-        raise SPSWeightsError(f"{key}: the SPS checkpoint '{path}' does not exist (run Stage II, "
-                              f"tools/train_stage2.py, or point {key} at its STAGE2.OUTPUT file)")
-    try:
-        checkpoint = trusted_torch_load(path, what=f"SPS checkpoint ({key})")
-    except Exception as e:
-        raise SPSWeightsError(f"{key}: cannot read the SPS checkpoint '{path}': {e}") from e
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise SPSWeightsError(f"{key}: '{path}' is not an SPS checkpoint: expected a dict with a 'model' state dict "
-                              f"(tools/train_stage2.py's STAGE2.OUTPUT or a Stage II model_final.pth)")
-    return checkpoint
-
-
-def sps_model_config(cfg, checkpoint):
-    """A frozen copy of ``cfg`` that builds the SPS model of ``checkpoint``: META_ARCHITECTURE SPSModel, the backbone
-    keys recorded by Stage II (if any), the class count of its classifier, no weights file (all weights come from
-    the checkpoint)."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    recorded = checkpoint.get(SPS_META_KEY, {}).get("backbone_config", {})
-    if recorded:
-        cfg.merge_from_list([item for key, value in recorded.items() for item in (key, value)])
-    cfg.MODEL.META_ARCHITECTURE = "SPSModel"
-    cfg.MODEL.VIT.WEIGHTS = ""
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.DPMPP.TEXT_PROTOTYPES = ""     # Stage III's T: the SPS model has no text branch
-    cfg.MODEL.VIT.FREEZE_BLOCKS = 0
-    classifier = checkpoint["model"].get(CLASSIFIER_KEY)
-    if classifier is not None:
-        cfg.MODEL.HEADS.NUM_CLASSES = int(classifier.shape[0])
-    cfg.SPT.ENABLED = False
-    cfg.freeze()
-    return cfg
-
-
-def load_frozen_sps_model(cfg, path=None, key="SPT.SPS_WEIGHTS"):
-    """Build the SPS model, load SPT.SPS_WEIGHTS (or ``path``) strictly, freeze it (eval, no grad). Errors name the
-    config ``key`` the file came from and the file."""
-    path = cfg.SPT.SPS_WEIGHTS if path is None else path
-    checkpoint = _read_sps_file(path, key)
-    sps_cfg = sps_model_config(cfg, checkpoint)
-    model = build_model(sps_cfg)
-    try:
-        model.load_state_dict(checkpoint["model"], strict=True)
-    except RuntimeError as e:
-        raise SPSWeightsError(
-            f"{key}: '{path}' does not match the SPS model built from the config (same MODEL.VIT.*, "
-            f"MODEL.BACKBONE.STRIDE_SIZE, INPUT.SIZE_TRAIN and MODEL.VIT.NUM_CAMERAS as Stage II are needed): "
-            f"{str(e)[:1500]}") from e
-    logger.info("Loaded the frozen SPS model from %s (%s; grid %s)", path, key, model.grid_size)
-    return freeze_model(model)
 
 
 class PartnerShareCheck:

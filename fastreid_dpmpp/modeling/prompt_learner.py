@@ -12,9 +12,11 @@ import logging
 import torch
 from torch import nn
 
+from .module_utils import freeze_model
+
 logger = logging.getLogger("fastreid.dpmpp.prompt_learner")
 
-__all__ = ["PromptLearner", "TextEncoder", "tokenize_template", "freeze"]
+__all__ = ["PromptLearner", "TextEncoder", "tokenize_template"]
 
 CTX_INIT_STD = 0.02
 
@@ -53,13 +55,6 @@ def tokenize_template(template, context_length, n_ctx, placeholder="X"):
     if not bool((tokens[0, start:start + n_ctx] == placeholder_ids[0]).all()):
         raise ValueError(f"could not locate the placeholders of STAGE1.PROMPT {template!r} in its token ids")
     return tokens, start
-
-
-def freeze(module):
-    """requires_grad False on every parameter and eval mode (dropout off)."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module.eval()
 
 
 class PromptLearner(nn.Module):
@@ -123,7 +118,7 @@ class TextEncoder(nn.Module):
         self.ln_final = clip_model.ln_final
         self.text_projection = clip_model.text_projection
         self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
-        freeze(self)
+        freeze_model(self)
 
     @property
     def embed_dim(self):

@@ -23,6 +23,7 @@ import logging
 import torch
 
 from .backbones.clip_vit import _patch_conv
+from .module_utils import freeze_model
 from .spt import (
     NO_PARTNER,
     binarize_saliency,
@@ -38,15 +39,7 @@ from .spt import (
 
 logger = logging.getLogger("fastreid.dpmpp.spt_synthesizer")
 
-__all__ = ["SPTSynthesizer", "freeze_model"]
-
-
-def freeze_model(model):
-    """Eval mode and ``requires_grad=False`` on every parameter (SPEC §4: SPS is frozen)."""
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
+__all__ = ["SPTSynthesizer", "freeze_model"]  # freeze_model: defined in module_utils, re-exported
 
 
 class SPTSynthesizer:
