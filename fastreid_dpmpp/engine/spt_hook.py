@@ -24,6 +24,7 @@ from fastreid.engine.train_loop import HookBase
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 
+from ..analysis.spt_samples import save_spt_samples
 from ..modeling.module_utils import unwrap_model
 from ..modeling.spt_synthesizer import SPTSynthesizer
 # The Stage II -> III file (reader, errors) lives in sps_checkpoint.py; re-exported here for the tools and tests.
@@ -123,7 +124,7 @@ class SPTHook(HookBase):
         path = picture_path(self.output_dir, self.trainer.iter)
         try:
             with torch.no_grad():
-                self.synthesizer.save_last_figure(path, self.cfg.MODEL.PIXEL_MEAN, self.cfg.MODEL.PIXEL_STD)
+                save_spt_samples(path, self.synthesizer, self.cfg.MODEL.PIXEL_MEAN, self.cfg.MODEL.PIXEL_STD)
         except Exception:  # a picture must never stop a training run
             logger.exception("SPT: could not write the synthesis picture %s", path)
             return

@@ -9,8 +9,8 @@ Pipeline for one training batch (all functions work on the whole batch at once, 
 5. ``synthesize_tokens``      Eq. 7 on the patch tokens, before class token / position embedding.
 6. ``ignored_partner_classes`` / ``excluded_negative_pairs``: candidate-identity ignoring for the losses.
 
-``synthesis_statistics`` feeds the per-iteration log; ``render_pixels`` and ``save_synthesis_figure`` draw
-the same operation on pixels, for pictures only (training works on tokens).
+``synthesis_statistics`` feeds the per-iteration log. The same operation drawn on pixels, for pictures only (training
+works on tokens), is in ``fastreid_dpmpp/analysis/spt_samples.py``.
 
 Conventions: a mask batch is a bool tensor (B, Hp, Wp) (row-major over the patch grid, Hp rows = image
 height); ``partners[i] = j`` means sample i is synthesised with sample j as the occlusion source, and
@@ -18,7 +18,6 @@ height); ``partners[i] = j`` means sample i is synthesised with sample j as the 
 """
 import logging
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +39,7 @@ __all__ = [
     "ignored_partner_classes",
     "excluded_negative_pairs",
     "synthesis_statistics",
-    "pixel_masks",
-    "render_pixels",
-    "save_synthesis_figure",
+    "PatchTransfer",
 ]
 
 
@@ -271,6 +268,18 @@ def synthesize_tokens(tokens, partners, partner_masks):
     return torch.where(keep_own.unsqueeze(-1), tokens, tokens[source])
 
 
+class PatchTransfer:
+    """Eq. 7 for one batch as the backbone's ``patch_transform`` (applied to the patch tokens right after the patch
+    embedding): ``PatchTransfer(partners, partner_masks)(tokens) = synthesize_tokens(tokens, partners,
+    partner_masks)``."""
+
+    def __init__(self, partners, partner_masks):
+        self.partners, self.partner_masks = partners, partner_masks
+
+    def __call__(self, tokens):
+        return synthesize_tokens(tokens, partners=self.partners, partner_masks=self.partner_masks)
+
+
 # ----------------------------------------------------------------------------------------- step 6
 def ignored_partner_classes(partners, labels):
     """Class index to drop from sample i's softmax (logit → −∞): labels[partners[i]], or −1 when none.
@@ -324,98 +333,3 @@ def synthesis_statistics(partners, masks):
         spt_transferred_fraction=(1 - source_area / anchors.shape[1]).mean().item(),
     )
     return stats
-
-
-# ----------------------------------------------------------------------------------------- pictures
-def pixel_masks(masks, image_size, patch_size, stride):
-    """Patch-grid masks (B, Hp, Wp) -> pixel masks bool (B, H, W) for pictures.
-
-    Each patch owns a stride×stride cell centred in its (patch_size) window, i.e. pixel y belongs to row
-    clamp(⌊(y − (P − S)/2) / S⌋, 0, Hp − 1); the border pixels outside every cell go to the edge patches.
-    """
-    _check_masks(masks, "pixel_masks")
-    height, width = int(image_size[0]), int(image_size[1])
-    offset = (patch_size - stride) // 2
-    hp, wp = masks.shape[-2:]
-    rows = ((torch.arange(height, device=masks.device) - offset).div(stride, rounding_mode="floor")).clamp(0, hp - 1)
-    cols = ((torch.arange(width, device=masks.device) - offset).div(stride, rounding_mode="floor")).clamp(0, wp - 1)
-    return (masks != 0)[:, rows][:, :, cols]
-
-
-def render_pixels(images, partners, masks, patch_size, stride):
-    """Pixel rendering of Eq. 7 (pictures only): image_i where the partner's mask is salient, image_j elsewhere.
-
-    images: (B, C, H, W); partners (B,); masks: (B, Hp, Wp) on the SPS grid of these images.
-    """
-    if images.dim() != 4:
-        raise ValueError(
-            f"fastreid_dpmpp/modeling/spt.py render_pixels: images must be (B, C, H, W), got {tuple(images.shape)}"
-        )
-    partners = partners.to(images.device)
-    _check_partners(partners, images.shape[0], "render_pixels")
-    keep = pixel_masks(masks.to(images.device), images.shape[-2:], patch_size, stride)
-    has_partner = partners >= 0
-    source = torch.where(has_partner, partners, torch.arange(images.shape[0], device=images.device))
-    keep_own = keep[source] | ~has_partner.view(-1, 1, 1)             # (B, H, W)
-    return torch.where(keep_own.unsqueeze(1), images, images[source])
-
-
-def _to_display(images, mean, std):
-    """Undo the normalisation; mean/std in 0-255 units (fast-reid PIXEL_MEAN) or 0-1 units, auto-detected."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    pictures = images.detach().float().cpu() * std_t + mean_t
-    if float(mean_t.max()) > 1.0:
-        pictures = pictures / 255.0
-    return pictures.clamp(0, 1).permute(0, 2, 3, 1).numpy()
-
-
-def save_synthesis_figure(path, images, synthesized, masks, partners, labels, mean, std, patch_size=16, stride=12,
-                          max_rows=8):
-    """Write a PNG: one row per synthesised sample, columns anchor | partner (its mask overlaid) | synthesised.
-
-    images / synthesized: normalised (B, 3, H, W) tensors; masks: (B, Hp, Wp) SPS masks; mean / std: the
-    normalisation (per channel). When nothing was synthesised, the first rows are drawn with an empty
-    partner column. Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    partners = partners.detach().cpu()
-    labels = labels.detach().cpu()
-    masks = masks.detach().cpu()
-    rows = torch.nonzero(partners >= 0).flatten()[:max_rows].tolist()
-    if not rows:
-        rows = list(range(min(images.shape[0], max_rows)))
-    anchors = _to_display(images, mean, std)
-    mixed = _to_display(synthesized, mean, std)
-    overlay = pixel_masks(masks, images.shape[-2:], patch_size, stride).numpy()
-    oiou = overlap_matrix(masks, "oiou")
-
-    figure = Figure(figsize=(3 * 1.5, len(rows) * 2.7 + 0.4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(len(rows), 3, squeeze=False)
-    for axis, title in zip(axes[0], ("anchor", "partner + mask", "synthesised")):
-        axis.set_title(title, fontsize=8)
-    for line, i in enumerate(rows):
-        j = int(partners[i])
-        axes[line, 0].imshow(anchors[i])
-        axes[line, 0].set_xlabel(f"#{i} id {int(labels[i])}", fontsize=7)
-        if j >= 0:
-            axes[line, 1].imshow(anchors[j])
-            tint = overlay[j].astype(float)
-            axes[line, 1].imshow(tint, cmap="autumn", alpha=0.35 * tint, vmin=0, vmax=1)
-            axes[line, 1].contour(tint, levels=[0.5], colors="red", linewidths=0.6)
-            axes[line, 1].set_xlabel(f"#{j} id {int(labels[j])} OIoU {float(oiou[i, j]):.2f}", fontsize=7)
-        else:
-            axes[line, 1].set_xlabel("no partner", fontsize=7)
-        axes[line, 2].imshow(mixed[i])
-        for axis in axes[line]:
-            axis.set_xticks([])
-            axis.set_yticks([])
-    figure.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    figure.savefig(path, format="png")
-    logger.debug("SPT synthesis figure written to %s (%d rows)", path, len(rows))
-    return path

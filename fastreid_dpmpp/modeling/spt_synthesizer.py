@@ -12,34 +12,36 @@ batch of normalised images it
    embedding, reading from an unmodified copy of the batch) (§4.5);
 4. returns the candidate-identity ignoring of §4.6 (partner class per sample, excluded triplet negatives), or
    "nothing ignored" when SPT.IGNORE_PARTNER is off;
-5. keeps the batch's synthesis statistics and what is needed to draw it (``last``) for the training hook.
+5. returns the batch's synthesis statistics (``stats``) and keeps them, with what is needed to draw the batch, in
+   ``last``, which the training hook that owns the synthesiser reads after the step (it logs the statistics and
+   draws ``last`` with ``fastreid_dpmpp.analysis.spt_samples``).
+
+The synthesiser is owned by the SPT training hook (``engine/spt_hook.py``), which hands it to the model with
+``ViTReIDMetaArch.attach_spt``; the model holds it as a plain attribute (it is no ``nn.Module``), so its frozen SPS
+model is neither trained, nor saved in the ReID model's checkpoints, nor moved by ``.to()``.
 
 The random draws come from the synthesiser's own ``torch.Generator`` (CPU), seeded from SEED when SEED >= 0, so a
 run is reproducible and the draws do not depend on (or disturb) the global RNG.
 """
-import functools
 import logging
 
 import torch
 
-from .backbones.clip_vit import _patch_conv
 from .module_utils import freeze_model
 from .spt import (
     NO_PARTNER,
+    PatchTransfer,
     binarize_saliency,
     excluded_negative_pairs,
     ignored_partner_classes,
-    render_pixels,
     resize_masks,
-    save_synthesis_figure,
     select_partners,
     synthesis_statistics,
-    synthesize_tokens,
 )
 
 logger = logging.getLogger("fastreid.dpmpp.spt_synthesizer")
 
-__all__ = ["SPTSynthesizer", "freeze_model"]  # freeze_model: defined in module_utils, re-exported
+__all__ = ["SPTSynthesizer", "spt_ignore_masks", "freeze_model"]  # freeze_model: defined in module_utils
 
 
 class SPTSynthesizer:
@@ -105,17 +107,6 @@ class SPTSynthesizer:
     def set_rng_state(self, state):
         self.generator.set_state(state)
 
-    # ------------------------------------------------------------------ pixel geometry (pictures)
-    @property
-    def patch_size(self):
-        """(P_h, P_w) of the SPS patch embedding."""
-        backbone = self.sps_model.backbone
-        return tuple(int(v) for v in _patch_conv(backbone.visual, backbone.family).kernel_size)
-
-    @property
-    def stride(self):
-        return tuple(int(v) for v in self.sps_model.backbone.stride)
-
     # ------------------------------------------------------------------ synthesis
     @torch.no_grad()
     def binary_masks(self, images, camids=None):
@@ -148,7 +139,7 @@ class SPTSynthesizer:
             ignored = torch.full_like(targets, NO_PARTNER)
             excluded = torch.zeros(targets.numel(), targets.numel(), dtype=torch.bool, device=targets.device)
         info = {
-            "patch_transform": functools.partial(synthesize_tokens, partners=partners, partner_masks=token_masks),
+            "patch_transform": PatchTransfer(partners, token_masks),
             "partners": partners,
             "ignored_classes": ignored,
             "excluded_negatives": excluded,
@@ -159,17 +150,10 @@ class SPTSynthesizer:
         self.last = dict(info, images=images.detach(), targets=targets.detach())
         return info
 
-    # ------------------------------------------------------------------ pictures
-    def render(self, images, partners, masks):
-        """Pixel rendering of Eq. 7 with the SPS patch geometry (pictures only)."""
-        return render_pixels(images, partners, masks, self.patch_size[0], self.stride[0])
 
-    def save_last_figure(self, path, pixel_mean, pixel_std, max_rows=8):
-        """Draw the last synthesised batch (anchor | partner + mask | synthesised) to ``path``; None if none yet."""
-        if self.last is None:
-            return None
-        last = self.last
-        synthesized = self.render(last["images"], last["partners"], last["masks"])
-        return save_synthesis_figure(path, last["images"], synthesized, last["masks"], last["partners"],
-                                     last["targets"], pixel_mean, pixel_std, patch_size=self.patch_size[0],
-                                     stride=self.stride[0], max_rows=max_rows)
+def spt_ignore_masks(spt_info):
+    """Partner classes to drop from the softmax and partner-identity negatives to drop from triplet mining (SPEC §4.6):
+    ``(ignored_classes, excluded_negatives)`` of :meth:`SPTSynthesizer.synthesize`, ``(None, None)`` without SPT."""
+    if spt_info is None:
+        return None, None
+    return spt_info["ignored_classes"], spt_info["excluded_negatives"]
