@@ -18,7 +18,7 @@ from fastreid_dpmpp.evaluation.masked_matching import masked_similarity
 from fastreid_dpmpp.modeling.hmg import HierarchicalMaskGenerator
 from fastreid_dpmpp.modeling.losses.hem import head_orthogonality_loss
 from fastreid_dpmpp.modeling.mask_supervision import agreement_target, mask_supervision_loss
-from fastreid_dpmpp.modeling.spt import select_partners
+from fastreid_dpmpp.modeling.stage3_patch_transfer import select_partners
 from fastreid_dpmpp.text_prototypes import save_text_prototypes
 from _tiny import tiny_vit
 

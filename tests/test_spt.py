@@ -6,7 +6,7 @@ import torch
 
 import fastreid_dpmpp  # noqa: F401  (fast-reid fixes first)
 from fastreid_dpmpp.analysis import spt_samples
-from fastreid_dpmpp.modeling import spt
+from fastreid_dpmpp.modeling import stage3_patch_transfer as spt
 
 
 def grid(rows):

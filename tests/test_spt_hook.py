@@ -23,9 +23,9 @@ from fastreid.utils.events import EventStorage
 from fastreid_dpmpp.checkpoint import trusted_torch_load
 from fastreid_dpmpp.engine.defaults import load_config
 from fastreid_dpmpp.engine.sps_checkpoint import SPSWeightsError, load_frozen_sps_model
-from fastreid_dpmpp.engine.spt_hook import SPTHook
+from fastreid_dpmpp.engine.stage3_spt_hook import SPTHook
 from fastreid_dpmpp.modeling.module_utils import freeze_model
-from fastreid_dpmpp.modeling.spt_synthesizer import SPTSynthesizer
+from fastreid_dpmpp.modeling.stage3_synthesizer import SPTSynthesizer
 from _tiny import TINY_SPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -247,7 +247,7 @@ def test_train_net_with_spt_logs_statistics_draws_samples_and_keeps_sps_out(data
 
 
 def test_partner_share_check_warns_once_when_synthesised_images_are_mostly_the_partner():
-    from fastreid_dpmpp.engine.spt_hook import PartnerShareCheck
+    from fastreid_dpmpp.engine.stage3_spt_hook import PartnerShareCheck
     check = PartnerShareCheck(limit=0.8, steps=3)
     idle = {"spt_fraction": 0.0, "spt_transferred_fraction": 0.0}
     assert check.update(idle) is None and check.shares == []          # iterations without synthesis do not count

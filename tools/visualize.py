@@ -303,7 +303,7 @@ def spt_picture(study, sps_path, train_items, max_rows, path):
     SPT.PROB = 1; the other SPT.* keys as configured)."""
     from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
     from fastreid_dpmpp.analysis.spt_samples import save_spt_samples
-    from fastreid_dpmpp.modeling.spt_synthesizer import SPTSynthesizer
+    from fastreid_dpmpp.modeling.stage3_synthesizer import SPTSynthesizer
     cfg = study.cfg
     sps_model = load_frozen_sps_model(cfg, sps_path, key="--sps-weights / SPT.SPS_WEIGHTS").to(study.model.device)
     spt = cfg.SPT

@@ -7,7 +7,7 @@ import os
 import torch
 
 from ..modeling.backbones.clip_vit import _patch_conv
-from ..modeling.spt import _check_masks, _check_partners, overlap_matrix
+from ..modeling.stage3_patch_transfer import _check_masks, _check_partners, overlap_matrix
 
 logger = logging.getLogger("fastreid.dpmpp.spt_samples")
 

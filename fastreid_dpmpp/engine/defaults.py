@@ -16,6 +16,7 @@ from fastreid.utils.env import seed_all_rng
 from ..checkpoint import CheckpointReadError, UntrustedCheckpointError
 from ..config import add_dpmpp_config
 from ..data.root import apply_dataset_root, dataset_root  # noqa: F401  (API: tools and tests import them here)
+from ..resources import ResourceNotFoundError
 
 logger = logging.getLogger("fastreid.dpmpp.engine")
 
@@ -52,7 +53,7 @@ class MissingWeightsError(FileNotFoundError):
 
 # Errors whose message says it all: the command-line tools print them as one line, without a traceback.
 USER_ERRORS = (UnknownConfigKeyError, ConfigFileNotFoundError, MissingWeightsError, CheckpointReadError,
-               UntrustedCheckpointError)
+               UntrustedCheckpointError, ResourceNotFoundError)
 
 
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")

@@ -2,8 +2,8 @@
 ``fastreid_dpmpp/text_prototypes.py`` is Stage I's.
 
 Writer: Stage II (``engine/stage2.py``, :func:`save_sps_checkpoint`) at the end of training, atomically, to
-``OUTPUT_DIR/STAGE2.OUTPUT``. Reader: Stage III (SPT.SPS_WEIGHTS; ``engine/spt_hook.py``, the protocol tools) with
-:func:`load_frozen_sps_model`. The file is a plain dict (loads with ``torch.load(weights_only=True)``)::
+``OUTPUT_DIR/STAGE2.OUTPUT``. Reader: Stage III (SPT.SPS_WEIGHTS; ``engine/stage3_spt_hook.py``, the protocol
+tools) with :func:`load_frozen_sps_model`. The file is a plain dict (loads with ``torch.load(weights_only=True)``)::
 
     {"model": SPSModel state dict,
      "sps_meta": {"backbone_config": {dotted key: value} of BACKBONE_KEYS (what rebuilds the same SPS backbone),

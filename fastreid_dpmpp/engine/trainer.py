@@ -182,7 +182,7 @@ class DPMPPTrainer(DefaultTrainer):
         if self.cfg.SPT.ENABLED:
             from fastreid.engine.hooks import PeriodicWriter
 
-            from .spt_hook import SPTHook
+            from .stage3_spt_hook import SPTHook
             writers = [i for i, hook in enumerate(ret) if isinstance(hook, PeriodicWriter)]
             ret.insert(writers[0] if writers else len(ret), SPTHook(self.cfg))
         if self.cfg.SEED >= 0:

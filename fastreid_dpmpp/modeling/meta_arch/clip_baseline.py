@@ -9,7 +9,7 @@ from fastreid.modeling.losses.cross_entroy_loss import log_accuracy
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 
 from ..losses import batch_hard_triplet_loss, cross_entropy_with_ignored_classes
-from ..spt_synthesizer import spt_ignore_masks
+from ..stage3_synthesizer import spt_ignore_masks
 from .vit_reid import ViTReIDMetaArch, head_config
 
 

@@ -34,7 +34,7 @@ class ViTReIDMetaArch(nn.Module):
         return self.pixel_mean.device
 
     def attach_spt(self, synthesizer):
-        """Called by the SPT training hook (fastreid_dpmpp.engine.spt_hook), which owns ``synthesizer``; None
+        """Called by the SPT training hook (fastreid_dpmpp.engine.stage3_spt_hook), which owns ``synthesizer``; None
         detaches it."""
         self.spt = synthesizer
 
