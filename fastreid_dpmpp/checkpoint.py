@@ -3,6 +3,7 @@ import os
 import pickle
 import tempfile
 
+import numpy as np
 import torch
 
 
@@ -41,6 +42,25 @@ def atomic_write_text(text, path):
     """Write ``text`` through a temporary file and a rename (fast-reid's ``last_checkpoint`` tag: a kill while it is
     written must not leave an empty tag, which would make ``--resume`` start from scratch)."""
     atomic_write(path, "w", ".txt", lambda f: f.write(text))
+
+
+def plain_python(value):
+    """numpy scalars -> Python numbers, recursively, so ``torch.load(weights_only=True)`` accepts them."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: plain_python(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_python(v) for v in value)
+    return value
+
+
+def numpy_safe_globals():
+    """numpy types that old fast-reid checkpoints pickle (``metric`` is a numpy float); plain data,
+    they run no code when unpickled."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray.scalar, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)),
+            type(np.dtype(np.int64))]
 
 
 class UntrustedCheckpointError(RuntimeError):
@@ -105,7 +125,6 @@ def trusted_torch_load(path, what="checkpoint"):
     """``torch.load(weights_only=True)`` on CPU, with numpy scalar types allowed (stock fast-reid
     pickles its ``metric`` as one). A pickle that would run code is refused with a clear message; a file that is
     no checkpoint at all (empty, truncated, text, ...) raises :class:`CheckpointReadError` naming it."""
-    from fastreid_dpmpp.compat import numpy_safe_globals
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:

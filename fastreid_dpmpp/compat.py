@@ -213,25 +213,6 @@ def fix_gpu_only_reranking():
     compute_dist.compute_jaccard_distance = compute_jaccard_distance
 
 
-def _plain_python(value):
-    """numpy scalars -> Python numbers, recursively, so ``torch.load(weights_only=True)`` accepts them."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: _plain_python(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain_python(v) for v in value)
-    return value
-
-
-def numpy_safe_globals():
-    """numpy types that old fast-reid checkpoints pickle (``metric`` is a numpy float); plain data,
-    they run no code when unpickled."""
-    core = getattr(np, "_core", None) or np.core
-    return [core.multiarray.scalar, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)),
-            type(np.dtype(np.int64))]
-
-
 @_once
 def fix_best_checkpoint_reload():
     """``PeriodicCheckpointer`` stores ``metric`` (a numpy float) in ``model_best.pth``; torch >= 2.6 loads
@@ -241,7 +222,8 @@ def fix_best_checkpoint_reload():
     a tensor, a dict without "model") is refused naming the file, its size and what was expected, instead of
     fast-reid's ``KeyError: 'model'`` or torch's advice to load it with ``weights_only=False``."""
     from fastreid.utils.checkpoint import Checkpointer
-    from fastreid_dpmpp.checkpoint import atomic_torch_save, check_fastreid_checkpoint, trusted_torch_load
+    from fastreid_dpmpp.checkpoint import (atomic_torch_save, check_fastreid_checkpoint, plain_python,
+                                           trusted_torch_load)
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -249,7 +231,7 @@ def fix_best_checkpoint_reload():
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
-        data.update(_plain_python(kwargs))
+        data.update(plain_python(kwargs))
         basename = "{}.pth".format(name)
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to {}".format(save_file))

@@ -55,7 +55,7 @@ def add_dpmpp_config(cfg):
     _C.MODEL.BACKBONE.TAP_STAGES = (1, 2, 3, 4)  # CNN (build_tapped_resnet_backbone): ResNet stages feeding HMG
     # Names of the training cameras in SIE-row order ("<dataset>_<cam>"), filled with NUM_CAMERAS from the training
     # data; () = camera c is row c. A test camera not listed (unseen in training) gets the mean of the rows, decided
-    # when the model is built, with one warning per test set (engine/cameras.py; measured: docs/BAD_INPUTS.md) [ours]
+    # when the model is built, with one warning per test set (data/cameras.py; measured: docs/BAD_INPUTS.md) [ours]
     _C.MODEL.VIT.TRAIN_CAMERAS = ()
 
     # ---------------------------------------------------------------- DPM++ model (SPEC §5)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .checkpoint import trusted_torch_load
-from .evaluation.masked_evaluator import unpack_descriptor_and_mask
+from .model_outputs import unpack_descriptor_and_mask
 
 __all__ = ["InferenceModel", "load_inference_model", "export_onnx", "run_onnx", "MIN_OPSET"]
 

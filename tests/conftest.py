@@ -1,10 +1,6 @@
-import importlib.util
-import os
-
 import pytest
 import torch
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _tiny import load_tool_module
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,9 +37,4 @@ def dataset_root(tmp_path_factory):
 @pytest.fixture
 def load_tool():
     """Import tools/<name>.py as a module (its main() is then called in-process)."""
-    def load(name):
-        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    return load
+    return load_tool_module

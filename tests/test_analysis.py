@@ -19,14 +19,11 @@ from fastreid_dpmpp.analysis.attention import (
     token_similarity,
 )
 from fastreid_dpmpp.export import load_inference_model
+from _tiny import tiny_vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml")
-TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", "32", "MODEL.BACKBONE.FEAT_DIM", "32", "MODEL.VIT.LAYERS", "3", "MODEL.VIT.HEADS", "4",
-        "MODEL.VIT.EMBED_DIM", "16", "MODEL.VIT.TEXT_WIDTH", "16", "MODEL.VIT.TEXT_LAYERS", "1",
-        "MODEL.VIT.TEXT_HEADS", "2", "MODEL.VIT.TAPS", "(2, 3)", "MODEL.DPMPP.HMG_GATES", "(1, 1)",
-        "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]", "MODEL.HEADS.NUM_CLASSES", "8",
-        "MODEL.VIT.NUM_CAMERAS", "8"]
+TINY = tiny_vit(32, 3, 4, 16, (2, 3), (1, 1), (64, 32), "MODEL.HEADS.NUM_CLASSES", 8, "MODEL.VIT.NUM_CAMERAS", 8)
 
 
 def naive_cosine(a, b):

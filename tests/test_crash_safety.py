@@ -11,7 +11,7 @@ import torch
 import fastreid_dpmpp  # noqa: F401
 from fastreid_dpmpp.checkpoint import atomic_torch_save, atomic_write_text
 
-from test_end_to_end import REPO, TINY_MODEL, metrics_row
+from _tiny import REPO, TINY_MODEL, metrics_row
 
 # tools/train_net.py, except that the process SIGKILLs itself before the step DPMPP_KILL_AT_ITER (a deterministic
 # point: checkpoint of epoch 0 written, epoch 1 half done).

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from test_end_to_end import REPO, TINY_MODEL, metrics_row, run_tool
+from _tiny import REPO, TINY_MODEL, metrics_row, run_tool
 
 
 def train(out, data_root, seed):

@@ -12,15 +12,12 @@ import fastreid_dpmpp  # noqa: F401  (fast-reid import fixes first)
 from fastreid.modeling import build_model
 from fastreid_dpmpp.analysis.mask_learning import _centred_cosine, mask_learning_statistics
 from fastreid_dpmpp.engine import load_config
+from _tiny import tiny_vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DPMPP = os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml")
 D, C = 32, 4
-TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", D, "MODEL.BACKBONE.FEAT_DIM", D, "MODEL.VIT.LAYERS", 2,
-        "MODEL.VIT.HEADS", 2, "MODEL.VIT.EMBED_DIM", 16, "MODEL.VIT.TEXT_WIDTH", 16, "MODEL.VIT.TEXT_LAYERS", 1,
-        "MODEL.VIT.TEXT_HEADS", 2, "MODEL.VIT.TAPS", (1, 2), "MODEL.DPMPP.HMG_GATES", (1, 1),
-        "INPUT.SIZE_TRAIN", [64, 32], "INPUT.SIZE_TEST", [64, 32], "MODEL.HEADS.NUM_CLASSES", C,
-        "MODEL.VIT.SIE_ENABLED", False]
+TINY = tiny_vit(D, 2, 2, 16, (1, 2), (1, 1), (64, 32), "MODEL.HEADS.NUM_CLASSES", C, "MODEL.VIT.SIE_ENABLED", False)
 
 
 class HalfOccluder:

@@ -10,7 +10,7 @@ import torch
 
 import fastreid_dpmpp  # noqa: F401
 
-from test_end_to_end import REPO, TINY_MODEL
+from _tiny import REPO, TINY_MODEL
 
 
 def _all_reduce_rank(out_dir):

@@ -18,14 +18,12 @@ from fastreid.utils.events import EventStorage
 from fastreid_dpmpp.engine import DPMPPTrainer, load_config
 from fastreid_dpmpp.engine.trainer import AlternatingMaskTrainer, only_these_require_grad
 from fastreid_dpmpp.text_prototypes import save_text_prototypes
+from _tiny import tiny_vit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs/Synthetic/dpmpp.yml")
 D, D_T, C = 32, 16, 4
-TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", str(D), "MODEL.BACKBONE.FEAT_DIM", str(D), "MODEL.VIT.LAYERS", "2", "MODEL.VIT.HEADS", "2",
-        "MODEL.VIT.EMBED_DIM", str(D_T), "MODEL.VIT.TEXT_WIDTH", "16", "MODEL.VIT.TEXT_LAYERS", "1",
-        "MODEL.VIT.TEXT_HEADS", "2", "MODEL.VIT.TAPS", "(1, 2)", "MODEL.DPMPP.HMG_GATES", "(1, 1)",
-        "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]"]
+TINY = tiny_vit(D, 2, 2, D_T)
 
 
 @pytest.fixture(autouse=True)

@@ -2,36 +2,9 @@
 (tools/run_pipeline.py) on a tiny synthetic Occluded-Duke written in the real folder layout."""
 import json
 import os
-import re
-import subprocess
-import sys
 
 import pytest
-
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TABLE_ROW = re.compile(r"^\| OccludedDuke\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)", re.M)
-TINY_MODEL = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", 32, "MODEL.BACKBONE.FEAT_DIM", 32, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2,
-              "MODEL.VIT.EMBED_DIM", 16, "MODEL.VIT.TEXT_WIDTH", 16, "MODEL.VIT.TEXT_LAYERS", 1,
-              "MODEL.VIT.TEXT_HEADS", 2, "MODEL.VIT.TAPS", "(1, 2)", "MODEL.DPMPP.HMG_GATES", "(1, 1)",
-              "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]", "SOLVER.IMS_PER_BATCH", 16,
-              "SOLVER.MAX_EPOCH", 2, "SOLVER.STEPS", "[1]", "SOLVER.WARMUP_ITERS", 0, "SOLVER.CHECKPOINT_PERIOD", 1,
-              "TEST.EVAL_PERIOD", 2, "TEST.IMS_PER_BATCH", 32, "STAGE1.MAX_EPOCH", 2, "STAGE1.WARMUP_EPOCHS", 1,
-              "SEED", 0]
-
-
-def run_tool(script, *args):
-    command = [sys.executable, os.path.join(REPO, "tools", script), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def metrics_row(log):
-    rows = TABLE_ROW.findall(log)
-    assert rows, "fast-reid's evaluation table was not printed:\n" + log[-2000:]
-    return [float(x) for x in rows[-1]]
+from _tiny import REPO, TINY_MODEL, metrics_row, run_tool
 
 
 def test_baseline_trains_evaluates_and_resumes(data_root, tmp_path):

@@ -9,13 +9,11 @@ import torch
 
 import fastreid_dpmpp  # noqa: F401  (fast-reid fixes first)
 from fastreid_dpmpp.export import export_onnx, load_inference_model, run_onnx
+from _tiny import tiny_vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = tiny_vit(32, 2, 2, 16, (1, 2), (1, 1), (64, 32), "MODEL.HEADS.NUM_CLASSES", 8)
 CONFIG = os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml")
-TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", "32", "MODEL.BACKBONE.FEAT_DIM", "32", "MODEL.VIT.LAYERS", "2", "MODEL.VIT.HEADS", "2",
-        "MODEL.VIT.EMBED_DIM", "16", "MODEL.VIT.TEXT_WIDTH", "16", "MODEL.VIT.TEXT_LAYERS", "1",
-        "MODEL.VIT.TEXT_HEADS", "2", "MODEL.VIT.TAPS", "(1, 2)", "MODEL.DPMPP.HMG_GATES", "(1, 1)",
-        "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]", "MODEL.HEADS.NUM_CLASSES", "8"]
 
 
 def tiny_model(*opts):

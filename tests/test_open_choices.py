@@ -18,17 +18,15 @@ from fastreid_dpmpp.evaluation.masked_matching import masked_similarity
 from fastreid_dpmpp.modeling.hmg import HierarchicalMaskGenerator
 from fastreid_dpmpp.modeling.losses.hem import head_orthogonality_loss
 from fastreid_dpmpp.modeling.mask_supervision import agreement_target, mask_supervision_loss
-from fastreid_dpmpp.modeling.spt import select_partners
+from fastreid_dpmpp.modeling.stage3_patch_transfer import select_partners
 from fastreid_dpmpp.text_prototypes import save_text_prototypes
+from _tiny import tiny_vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DPMPP = os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml")
 BASELINE = os.path.join(REPO, "configs", "Synthetic", "clip_baseline.yml")
 D, D_T, C = 32, 16, 4
-TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", D, "MODEL.BACKBONE.FEAT_DIM", D, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2,
-        "MODEL.VIT.EMBED_DIM", D_T, "MODEL.VIT.TEXT_WIDTH", 16, "MODEL.VIT.TEXT_LAYERS", 1, "MODEL.VIT.TEXT_HEADS", 2,
-        "MODEL.VIT.TAPS", (1, 2), "MODEL.DPMPP.HMG_GATES", (1, 1), "INPUT.SIZE_TRAIN", [64, 32],
-        "INPUT.SIZE_TEST", [64, 32], "MODEL.HEADS.NUM_CLASSES", C]
+TINY = tiny_vit(D, 2, 2, D_T, (1, 2), (1, 1), (64, 32), "MODEL.HEADS.NUM_CLASSES", C)
 
 
 def tiny(config=DPMPP, *opts, seed=0):

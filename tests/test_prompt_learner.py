@@ -8,7 +8,7 @@ from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 
 from fastreid_dpmpp.modeling.meta_arch.prompt_learning import CLIPPromptLearning, prompt_learning_losses
-from fastreid_dpmpp.modeling.prompt_learner import PromptLearner, TextEncoder, tokenize_template
+from fastreid_dpmpp.modeling.stage1_prompts import PromptLearner, TextEncoder, tokenize_template
 
 TEMPLATE = "A photo of a X X X X person."
 CONTEXT = 77

@@ -33,8 +33,7 @@ from fastreid_dpmpp.engine.defaults import ConfigFileNotFoundError, load_config
 from fastreid_dpmpp.engine.pipeline import Stage, run_stage
 from fastreid_dpmpp.engine.trainer import DPMPPTrainer
 from fastreid_dpmpp.evaluation.search import find_images
-from test_end_to_end import TINY_MODEL
-from test_search import TINY as TINY_SEARCH_MODEL, run_search
+from _tiny import TINY_INFERENCE_MODEL as TINY_SEARCH_MODEL, TINY_MODEL, run_search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = os.path.join(REPO, "configs", "Synthetic", "clip_baseline.yml")

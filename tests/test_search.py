@@ -2,7 +2,6 @@
 IVF-PQ), query, the printed top-k against an exhaustive masked ranking computed here, the rank-list picture."""
 import os
 import re
-import importlib.util
 import shutil
 
 import numpy as np
@@ -15,13 +14,9 @@ from fastreid_dpmpp.evaluation.masked_matching import masked_similarity
 from fastreid_dpmpp.evaluation.search import FeatureExtractor, parse_name
 from fastreid_dpmpp.export import load_inference_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _tiny import REPO, TINY_INFERENCE_MODEL as TINY, run_search
+
 CONFIG = os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml")
-TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", "32", "MODEL.BACKBONE.FEAT_DIM", "32", "MODEL.VIT.LAYERS", "2", "MODEL.VIT.HEADS", "2",
-        "MODEL.VIT.EMBED_DIM", "16", "MODEL.VIT.TEXT_WIDTH", "16", "MODEL.VIT.TEXT_LAYERS", "1",
-        "MODEL.VIT.TEXT_HEADS", "2", "MODEL.VIT.TAPS", "(1, 2)", "MODEL.DPMPP.HMG_GATES", "(1, 1)",
-        "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]", "MODEL.HEADS.NUM_CLASSES", "8",
-        "MODEL.VIT.NUM_CAMERAS", "8"]
 RESULT_LINE = re.compile(r"^\s+(\d+)\s+(-?[\d.]+)\s+(\S+)$", re.M)
 
 
@@ -49,23 +44,6 @@ def setup(tmp_path_factory):
     weights = root / "model.pth"
     torch.save({"model": model.state_dict()}, weights)
     return {"root": root, "gallery": gallery, "queries": queries, "weights": weights, "count": len(files)}
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("search_tool", os.path.join(REPO, "tools", "search.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SEARCH_TOOL = _load_tool()
-
-
-def run_search(capsys, *args):
-    """The command line, in this process (an interpreter start per call costs more than the work)."""
-    capsys.readouterr()
-    SEARCH_TOOL.main([str(a) for a in args])
-    return capsys.readouterr().out
 
 
 def exhaustive_ranking(setup, query_path, k):

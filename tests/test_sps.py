@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import fastreid_dpmpp  # noqa: F401  (fast-reid fixes first)
-from fastreid_dpmpp.modeling.sps import (
+from fastreid_dpmpp.modeling.stage2_patch_selection import (
     SalientPatchSelector,
     complement_patch_tokens,
     mask_patch_tokens,

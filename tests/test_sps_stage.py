@@ -20,17 +20,15 @@ from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.events import EventStorage
 from fastreid_dpmpp.checkpoint import trusted_torch_load
 from fastreid_dpmpp.engine.defaults import load_config
-from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
+from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
 from fastreid_dpmpp.engine.stage2 import CompositeOptimizer, Stage2Trainer, build_stage2_optimizer
+from _tiny import TINY_SPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPS_CONFIG = os.path.join(ROOT, "configs", "Synthetic", "sps.yml")
 
 # A very small CLIP-ViT (2 blocks of width 32) on 128x64 images: a 10 x 5 grid of stride-12 patches.
-TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", 32, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2, "MODEL.VIT.EMBED_DIM", 16,
-        "MODEL.VIT.TEXT_WIDTH", 16, "MODEL.VIT.TEXT_LAYERS", 1, "MODEL.VIT.TEXT_HEADS", 2, "MODEL.VIT.TAPS", (1, 2),
-        "MODEL.BACKBONE.FEAT_DIM", 32, "SOLVER.IMS_PER_BATCH", 8, "DATALOADER.NUM_INSTANCE", 4,
-        "TEST.IMS_PER_BATCH", 16, "SOLVER.WARMUP_ITERS", 2]
+TINY = TINY_SPS
 
 
 def tiny_cfg(*overrides):

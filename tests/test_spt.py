@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import fastreid_dpmpp  # noqa: F401  (fast-reid fixes first)
-from fastreid_dpmpp.modeling import spt
+from fastreid_dpmpp.analysis import spt_samples
+from fastreid_dpmpp.modeling import stage3_patch_transfer as spt
 
 
 def grid(rows):
@@ -377,11 +378,11 @@ def test_synthesis_statistics_by_hand():
 def test_pixel_masks_cells_follow_the_stride():
     masks = grid(["10", "01", "11"]).unsqueeze(0)
     # patch 2, stride 2: pixel (y, x) belongs to cell (y // 2, x // 2)
-    pix = spt.pixel_masks(masks, (6, 4), patch_size=2, stride=2)
+    pix = spt_samples.pixel_masks(masks, (6, 4), patch_size=2, stride=2)
     assert torch.equal(pix[0], grid(["1100", "1100", "0011", "0011", "1111", "1111"]))
     # overlapping patches (P=16, S=12): a cell is the central 12 pixels of the patch, borders go to the edges
     masks = torch.rand(1, 21, 10, generator=torch.Generator().manual_seed(0)) > 0.5
-    pix = spt.pixel_masks(masks, (256, 128), patch_size=16, stride=12)
+    pix = spt_samples.pixel_masks(masks, (256, 128), patch_size=16, stride=12)
     for y, x in [(0, 0), (1, 1), (2, 2), (13, 13), (14, 14), (253, 125), (255, 127), (130, 60)]:
         row, col = min(max((y - 2) // 12, 0), 20), min(max((x - 2) // 12, 0), 9)
         assert pix[0, y, x] == masks[0, row, col]
@@ -392,7 +393,7 @@ def test_render_pixels_equals_token_synthesis_at_one_pixel_patches():
     images = torch.randn(4, 3, 6, 5, generator=g)
     masks = torch.rand(4, 6, 5, generator=g) > 0.5
     partners = torch.tensor([2, -1, 0, 2])
-    rendered = spt.render_pixels(images, partners, masks, patch_size=1, stride=1)
+    rendered = spt_samples.render_pixels(images, partners, masks, patch_size=1, stride=1)
     as_tokens = images.flatten(2).transpose(1, 2)  # (B, H·W, C), one token per pixel
     expected = spt.synthesize_tokens(as_tokens, partners, masks).transpose(1, 2).reshape(images.shape)
     assert torch.equal(rendered, expected)
@@ -406,13 +407,13 @@ def test_save_synthesis_figure_writes_a_png(tmp_path):
     images = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     masks = torch.rand(4, 5, 2, generator=g) > 0.5  # P=16, S=12 on 64x32
     partners = torch.tensor([1, -1, 3, -1])
-    synthesized = spt.render_pixels(images, partners, masks, 16, 12)
+    synthesized = spt_samples.render_pixels(images, partners, masks, 16, 12)
     path = tmp_path / "sub" / "spt.png"
-    spt.save_synthesis_figure(str(path), images, synthesized, masks, partners, torch.arange(4), mean, std)
+    spt_samples.save_synthesis_figure(str(path), images, synthesized, masks, partners, torch.arange(4), mean, std)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert width > 100 and height > 200  # two rows of three pictures
     empty = tmp_path / "none.png"
-    spt.save_synthesis_figure(str(empty), images, images, masks, torch.full((4,), -1), torch.arange(4), mean, std)
+    spt_samples.save_synthesis_figure(str(empty), images, images, masks, torch.full((4,), -1), torch.arange(4), mean, std)
     assert empty.read_bytes()[:4] == b"\x89PNG"

@@ -22,20 +22,20 @@ from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.events import EventStorage
 from fastreid_dpmpp.checkpoint import trusted_torch_load
 from fastreid_dpmpp.engine.defaults import load_config
-from fastreid_dpmpp.engine.spt_hook import SPSWeightsError, SPTHook, load_frozen_sps_model
-from fastreid_dpmpp.modeling.spt_synthesizer import SPTSynthesizer, freeze_model
+from fastreid_dpmpp.engine.sps_checkpoint import SPSWeightsError, load_frozen_sps_model
+from fastreid_dpmpp.engine.stage3_spt_hook import SPTHook
+from fastreid_dpmpp.modeling.module_utils import freeze_model
+from fastreid_dpmpp.modeling.stage3_synthesizer import SPTSynthesizer
+from _tiny import TINY_SPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE_CONFIG = os.path.join(ROOT, "configs", "Synthetic", "clip_baseline.yml")
 
 # A very small CLIP-ViT (2 blocks of width 32) on 128x64 images: a 10 x 5 grid of stride-12 patches.
-TINY = ["MODEL.VIT.WEIGHTS", "", "MODEL.VIT.WIDTH", 32, "MODEL.VIT.LAYERS", 2, "MODEL.VIT.HEADS", 2, "MODEL.VIT.EMBED_DIM", 16,
-        "MODEL.VIT.TEXT_WIDTH", 16, "MODEL.VIT.TEXT_LAYERS", 1, "MODEL.VIT.TEXT_HEADS", 2, "MODEL.VIT.TAPS", (1, 2),
-        "MODEL.BACKBONE.FEAT_DIM", 32, "MODEL.VIT.NUM_CAMERAS", 8, "SOLVER.IMS_PER_BATCH", 8,
-        "DATALOADER.NUM_INSTANCE", 4, "TEST.IMS_PER_BATCH", 16, "SOLVER.WARMUP_ITERS", 2]
 # Permissive pairing: every sample considered, every candidate in the ranking, no α / β rejection.
 PERMISSIVE = ["SPT.PROB", 1.0, "SPT.ALPHA", 0.0, "SPT.BETA", 0.0, "SPT.TOP_FRACTION", 1.0]
 NUM_CLASSES = 4
+TINY = TINY_SPS + ["MODEL.VIT.NUM_CAMERAS", "8"]
 
 
 def tiny_cfg(*overrides):
@@ -247,7 +247,7 @@ def test_train_net_with_spt_logs_statistics_draws_samples_and_keeps_sps_out(data
 
 
 def test_partner_share_check_warns_once_when_synthesised_images_are_mostly_the_partner():
-    from fastreid_dpmpp.engine.spt_hook import PartnerShareCheck
+    from fastreid_dpmpp.engine.stage3_spt_hook import PartnerShareCheck
     check = PartnerShareCheck(limit=0.8, steps=3)
     idle = {"spt_fraction": 0.0, "spt_transferred_fraction": 0.0}
     assert check.update(idle) is None and check.shares == []          # iterations without synthesis do not count

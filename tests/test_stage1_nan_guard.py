@@ -11,7 +11,7 @@ from fastreid_dpmpp.engine.defaults import load_config
 from fastreid_dpmpp.engine.nan_guard import NonFiniteGuard, NonFiniteLossError, NonFiniteWeightsError
 from fastreid_dpmpp.engine.stage1 import Stage1Trainer, text_prototypes_path
 
-from test_end_to_end import REPO, TINY_MODEL
+from _tiny import REPO, TINY_MODEL
 
 CONFIG = os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml")
 

@@ -16,7 +16,7 @@ from fastreid.utils.checkpoint import Checkpointer, PeriodicCheckpointer
 
 from fastreid_dpmpp.checkpoint import UntrustedCheckpointError, trusted_torch_load
 from fastreid_dpmpp.engine.defaults import load_config
-from fastreid_dpmpp.engine.spt_hook import SPSWeightsError, load_frozen_sps_model
+from fastreid_dpmpp.engine.sps_checkpoint import SPSWeightsError, load_frozen_sps_model
 from fastreid_dpmpp.engine.stage1 import load_or_compute_image_features
 from fastreid_dpmpp.modeling.backbones.weights import read_state_dict
 from fastreid_dpmpp.text_prototypes import load_text_prototypes

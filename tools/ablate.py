@@ -91,7 +91,9 @@ def main(argv=None):
     else:
         if ensure_synthetic_benchmark(root, seed=args.data_seed):
             logger.info("synthetic benchmark written to %s", root)
-        results = run_ablation(tables, args.seeds, out, ["DATASETS.ROOT", root] + list(args.opts), args.jobs)
+        here = os.path.dirname(os.path.abspath(__file__))  # this checkout's tools/ and configs/, whatever the install
+        results = run_ablation(tables, args.seeds, out, ["DATASETS.ROOT", root] + list(args.opts), args.jobs,
+                               config_dir=os.path.join(os.path.dirname(here), "configs"), tools_dir=here)
     header = report_header(args, argv, threads, time.time() - start, results)
     chance = chance_metrics(root)
     incomplete = write_reports(tables, results, args.seeds, os.path.abspath(args.report_dir or out), header, chance)

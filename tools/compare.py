@@ -64,7 +64,7 @@ def main(argv=None):
     exp = Experiment(arms=arms, seeds=[int(s) for s in spec["seeds"]], training=spec["training"], root=root,
                      benchmark_dir=os.path.abspath(args.benchmark_dir), stage_config=stage_config,
                      opts=list(spec.get("opts", [])) + list(args.opts), splits=tuple(spec.get("splits", ("val", "test1", "test2"))),
-                     jobs=args.jobs)
+                     jobs=args.jobs, tools_dir=os.path.dirname(os.path.abspath(__file__)))
     results = load_results(exp) if args.report_only else run_experiment(exp)
     report_dir = args.report_dir or root
     os.makedirs(report_dir, exist_ok=True)

@@ -18,9 +18,9 @@ from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.analysis.mask_learning import mask_learning_statistics
 from fastreid_dpmpp.engine.defaults import load_config
-from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
+from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
 from fastreid_dpmpp.engine.trainer import DPMPPTrainer, with_camera_count
-from fastreid_dpmpp.modeling.spt_synthesizer import SPTSynthesizer
+from fastreid_dpmpp.modeling.stage3_synthesizer import SPTSynthesizer
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ from fastreid.utils.logger import setup_logger
 from fastreid_dpmpp.data.benchmark import SPLITS, ensure_benchmark
 from fastreid_dpmpp.engine.defaults import load_config
 from fastreid_dpmpp.engine.protocol_eval import evaluate_model, interpolate_backbone, write_results
-from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
+from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
 from fastreid_dpmpp.engine.trainer import DPMPPTrainer, with_camera_count
 
 

@@ -24,7 +24,9 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs applied to every stage")
     args = parser.parse_args()
     setup_logger(name="fastreid")
-    timings = run_pipeline(args.config_file, args.output_dir, args.opts)
+    # the stage scripts are this tool's neighbours (also when fastreid_dpmpp is installed without the repository)
+    tools_dir = os.path.dirname(os.path.abspath(__file__))
+    timings = run_pipeline(args.config_file, args.output_dir, args.opts, tools_dir=tools_dir)
     final = plan_stages(args.config_file, args.output_dir, args.opts)[-1]
     # the config fast-reid saved for the trained model (number of classes and cameras filled in)
     results = evaluate_checkpoint(os.path.join(final.output_dir, "config.yaml"), final.artifact_path,

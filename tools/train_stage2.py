@@ -10,7 +10,7 @@ OUTPUT_DIR/stage2. Any config may be given: META_ARCHITECTURE is set to SPSModel
 """
 import fastreid_dpmpp  # noqa: F401  (fixes fast-reid for this stack; registers the DPM++ components)
 from fastreid_dpmpp.engine.defaults import launch_from_command_line, setup
-from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
+from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
 from fastreid_dpmpp.engine.stage2 import Stage2Trainer, sps_checkpoint_path, stage2_config
 from fastreid_dpmpp.engine.trainer import with_camera_count
 

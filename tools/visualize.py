@@ -301,8 +301,9 @@ def integer_camera(camid):
 def spt_picture(study, sps_path, train_items, max_rows, path):
     """Draw the SPT synthesis of one batch of training images with the frozen SPS model (every sample considered,
     SPT.PROB = 1; the other SPT.* keys as configured)."""
-    from fastreid_dpmpp.engine.spt_hook import load_frozen_sps_model
-    from fastreid_dpmpp.modeling.spt_synthesizer import SPTSynthesizer
+    from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
+    from fastreid_dpmpp.analysis.spt_samples import save_spt_samples
+    from fastreid_dpmpp.modeling.stage3_synthesizer import SPTSynthesizer
     cfg = study.cfg
     sps_model = load_frozen_sps_model(cfg, sps_path, key="--sps-weights / SPT.SPS_WEIGHTS").to(study.model.device)
     spt = cfg.SPT
@@ -321,7 +322,7 @@ def spt_picture(study, sps_path, train_items, max_rows, path):
     info = synthesizer.synthesize(images, camids, torch.as_tensor(labels, device=images.device))
     temporary = f"{path}.tmp{os.getpid()}.png"
     try:
-        synthesizer.save_last_figure(temporary, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, max_rows=max_rows)
+        save_spt_samples(temporary, synthesizer, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, max_rows=max_rows)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

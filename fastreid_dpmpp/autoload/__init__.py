@@ -35,7 +35,7 @@ def _honour_dataset_root():
     import (FASTREID_DATASETS); apply DATASETS.ROOT first (``apply_dataset_root``: DATASETS.ROOT, else the variable)."""
     from fastreid.engine import DefaultTrainer
 
-    from fastreid_dpmpp.engine.defaults import apply_dataset_root
+    from fastreid_dpmpp.data.root import apply_dataset_root
 
     def with_root(original):
         def build(cls, cfg, *args, **kwargs):

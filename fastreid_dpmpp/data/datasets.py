@@ -33,7 +33,7 @@ SKIP_BAD_FILES_KEY = "DATASETS.SKIP_BAD_FILES"
 _MAX_LISTED = 20
 
 # fast-reid builds datasets as cls(root=..., **kwargs) without the config: the trainers set this from
-# DATASETS.SKIP_BAD_FILES (engine/defaults.py apply_dataset_root), as fast-reid sets its dataset root.
+# DATASETS.SKIP_BAD_FILES (data/root.py apply_dataset_root), as fast-reid sets its dataset root.
 _skip_bad_files = False
 
 

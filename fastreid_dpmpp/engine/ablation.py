@@ -19,23 +19,36 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..checkpoint import atomic_write_text
+from ..resources import ResourceNotFoundError, configs_dir
 from .defaults import load_config
+from .eval_results import EVAL_RESULTS_FILE
 from .pipeline import Stage, plan_stages, run_stage
-from .trainer import EVAL_RESULTS_FILE
 
 __all__ = ["Row", "Table", "TABLES", "as_table", "select_rows", "BACKBONES", "TEST_SETS", "METRICS", "RunSpec", "plan_runs",
            "read_final_metrics", "finished_runs", "missing_runs", "summarise", "chance_metrics", "markdown_table", "plot_table", "run_ablation"]
 
 logger = logging.getLogger("fastreid.dpmpp.ablation")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG_DIR = os.path.join(REPO, "configs", "Synthetic", "ablation")
-BASE_CONFIG = os.path.join(CONFIG_DIR, "Base-Ablation.yml")
+ABLATION_SUBDIR = os.path.join("Synthetic", "ablation")
+BASE_CONFIG_NAME = "Base-Ablation.yml"
+
+
+def ablation_config_dir(config_dir=None):
+    """configs/Synthetic/ablation of the configs/ folder ``config_dir`` (None: ``resources.configs_dir()``, i.e.
+    $FASTREID_DPMPP_CONFIGS or the checkout the package runs from)."""
+    return os.path.join(configs_dir(config_dir), ABLATION_SUBDIR)
+
+
+try:  # the checkout's (or $FASTREID_DPMPP_CONFIGS's) row configs; None in an install without configs/
+    CONFIG_DIR = ablation_config_dir()
+    BASE_CONFIG = os.path.join(CONFIG_DIR, BASE_CONFIG_NAME)
+except ResourceNotFoundError:
+    CONFIG_DIR = BASE_CONFIG = None
 BACKBONES = {"clip": "CLIP-ViT", "vit": "vanilla ViT"}
 TEST_SETS = {"OccludedDuke": "occluded queries", "OccludedDukeHolisticQuery": "holistic queries"}
 METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP")
@@ -92,6 +105,7 @@ class RunSpec:
     backbone: str
     config: str
     seed: int
+    config_dir: str = field(default=None, compare=False)  # configs/Synthetic/ablation; None: ablation_config_dir()
 
     @property
     def name(self):
@@ -99,7 +113,12 @@ class RunSpec:
 
     @property
     def config_file(self):
-        return os.path.join(CONFIG_DIR, self.backbone, self.config)
+        return os.path.join(self.config_dir or ablation_config_dir(), self.backbone, self.config)
+
+    @property
+    def config_label(self):
+        """The row config as the repository names it (configs/Synthetic/ablation/<backbone>/<file>)."""
+        return os.path.join("configs", ABLATION_SUBDIR, self.backbone, self.config)
 
     def output_dir(self, root):
         return os.path.join(root, self.name)
@@ -125,14 +144,16 @@ def select_rows(table, configs=None, backbones=None):
     return Table(table.key, table.title, rows, chosen)
 
 
-def plan_runs(tables, seeds):
-    """The distinct Stage III runs the tables need, in a stable order (a row shared by tables appears once)."""
+def plan_runs(tables, seeds, config_dir=None):
+    """The distinct Stage III runs the tables need, in a stable order (a row shared by tables appears once); their
+    row configs in the configs/ folder ``config_dir`` (None: see :func:`ablation_config_dir`)."""
+    row_dir = ablation_config_dir(config_dir) if config_dir else None
     runs = []
     for table in map(as_table, tables):  # table by table, so that the first table is complete first
         for seed in seeds:
             for backbone in table.backbones:
                 for row in table.rows:
-                    spec = RunSpec(backbone, row.config, int(seed))
+                    spec = RunSpec(backbone, row.config, int(seed), row_dir)
                     if spec not in runs:
                         runs.append(spec)
     return runs
@@ -172,11 +193,11 @@ def _result_path(spec, root):
     return os.path.join(spec.output_dir(root), "result.json")
 
 
-def _train_and_read(spec, root, opts):
+def _train_and_read(spec, root, opts, tools_dir=None):
     out = spec.output_dir(root)
-    stage = Stage(spec.name, "train_net.py", spec.config_file, out, "model_final.pth", opts)
+    stage = Stage(spec.name, "train_net.py", spec.config_file, out, "model_final.pth", opts, tools_dir=tools_dir)
     seconds = 0.0 if stage.done() else run_stage(stage, os.path.join(out, "train.log"), show_progress=False)
-    result = {"run": spec.name, "config": os.path.relpath(spec.config_file, REPO), "seed": spec.seed,
+    result = {"run": spec.name, "config": spec.config_label, "seed": spec.seed,
               "train_seconds": round(seconds, 1),
               "metrics": read_final_metrics(os.path.join(out, EVAL_RESULTS_FILE))}
     atomic_write_text(json.dumps(result, indent=2), _result_path(spec, root))
@@ -205,9 +226,10 @@ def _run_parallel(jobs, num_jobs, describe):
     return results
 
 
-def _prepare_stages(seeds, root, opts, need_stage1, need_stage2, num_jobs):
-    stage_dirs = {seed: plan_stages(BASE_CONFIG, os.path.join(root, "stages", f"seed{seed}"),
-                                    list(opts) + ["SEED", seed])[:2] for seed in seeds}
+def _prepare_stages(seeds, root, opts, need_stage1, need_stage2, num_jobs, config_dir=None, tools_dir=None):
+    base_config = os.path.join(ablation_config_dir(config_dir), BASE_CONFIG_NAME)
+    stage_dirs = {seed: plan_stages(base_config, os.path.join(root, "stages", f"seed{seed}"),
+                                    list(opts) + ["SEED", seed], tools_dir=tools_dir)[:2] for seed in seeds}
     jobs = []
     for seed, (stage1, stage2) in stage_dirs.items():
         for stage, needed in ((stage1, need_stage1), (stage2, need_stage2)):
@@ -232,18 +254,20 @@ def finished_runs(tables, seeds, root):
     return results
 
 
-def run_ablation(tables, seeds, root, opts=(), num_jobs=1):
-    """Train every run the tables need (reusing finished ones); returns {run name: result dict}."""
-    runs = plan_runs(tables, seeds)
+def run_ablation(tables, seeds, root, opts=(), num_jobs=1, config_dir=None, tools_dir=None):
+    """Train every run the tables need (reusing finished ones); returns {run name: result dict}. Row configs from the
+    configs/ folder ``config_dir``, scripts from ``tools_dir`` (None: ``fastreid_dpmpp.resources``)."""
+    runs = plan_runs(tables, seeds, config_dir)
     _check_row_configs(runs)
     root = os.path.abspath(root)
     stage_dirs = _prepare_stages(seeds, root, opts, any(r.backbone == "clip" for r in runs),
-                                 _needs_stage2(runs, opts), num_jobs)
+                                 _needs_stage2(runs, opts), num_jobs, config_dir, tools_dir)
     results, jobs = finished_runs(tables, seeds, root), []
     for spec in runs:
         if spec.name in results:
             continue
-        jobs.append((spec.name, lambda spec=spec: _train_and_read(spec, root, _stage_opts(spec, stage_dirs, opts))))
+        jobs.append((spec.name, lambda spec=spec: _train_and_read(spec, root, _stage_opts(spec, stage_dirs, opts),
+                                                                  tools_dir)))
     logger.info("Stage III: %d run(s) to train, %d reused, %d worker(s)", len(jobs), len(results), num_jobs)
     results.update(_run_parallel(jobs, num_jobs, lambda r: "mAP occ. {:.1f}, holistic {:.1f}, {:.0f} s".format(
         r["metrics"]["OccludedDuke"]["mAP"], r["metrics"]["OccludedDukeHolisticQuery"]["mAP"], r["train_seconds"])))

@@ -1,4 +1,8 @@
-"""Config set-up shared by tools/train_net.py, the stage runners and the pipeline."""
+"""Config set-up shared by tools/train_net.py, the stage runners and the pipeline, and the body of
+tools/train_net.py (:func:`train_or_evaluate`, the only function here that needs the trainer).
+
+The dataset-root helpers live in :mod:`fastreid_dpmpp.data.root` (re-exported here); the trainer and the other
+engine modules import them from there, so nothing below this module imports it back."""
 import difflib
 import logging
 import os
@@ -11,22 +15,10 @@ from fastreid.utils.env import seed_all_rng
 
 from ..checkpoint import CheckpointReadError, UntrustedCheckpointError
 from ..config import add_dpmpp_config
+from ..data.root import apply_dataset_root, dataset_root  # noqa: F401  (API: tools and tests import them here)
+from ..resources import ResourceNotFoundError
 
 logger = logging.getLogger("fastreid.dpmpp.engine")
-
-
-def dataset_root(cfg):
-    return cfg.DATASETS.get("ROOT", "") or os.getenv("FASTREID_DATASETS", "datasets")
-
-
-def apply_dataset_root(cfg):
-    """fast-reid reads FASTREID_DATASETS once, at import; DATASETS.ROOT overrides it at run time. The dataset
-    classes get DATASETS.SKIP_BAD_FILES the same way (fast-reid does not pass them the config)."""
-    import fastreid.data.build as data_build
-
-    from ..data.datasets import set_skip_bad_files
-    data_build._root = dataset_root(cfg)
-    set_skip_bad_files(cfg.DATASETS.get("SKIP_BAD_FILES", False))
 
 
 def adapt_to_device(cfg):
@@ -61,7 +53,7 @@ class MissingWeightsError(FileNotFoundError):
 
 # Errors whose message says it all: the command-line tools print them as one line, without a traceback.
 USER_ERRORS = (UnknownConfigKeyError, ConfigFileNotFoundError, MissingWeightsError, CheckpointReadError,
-               UntrustedCheckpointError)
+               UntrustedCheckpointError, ResourceNotFoundError)
 
 
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")

@@ -24,6 +24,7 @@ import numpy as np
 from ..checkpoint import atomic_write_text
 from ..data.benchmark import benchmark_id, ensure_benchmark
 from ..evaluation.protocol import bootstrap_interval
+from ..resources import tools_dir
 from .ablation import _run_parallel
 from .pipeline import Stage, plan_stages, run_stage
 
@@ -31,7 +32,6 @@ __all__ = ["Arm", "Setting", "run_experiment", "arm_values", "comparison_rows", 
 
 logger = logging.getLogger("fastreid.dpmpp.experiment")
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,13 @@ class Experiment:
     opts: list = field(default_factory=list)
     splits: tuple = ("val", "test1", "test2")
     jobs: int = 1
+    tools_dir: str = None                   # tools/ (evaluate_protocol.py, train_*.py); None: resources.tools_dir()
 
 
 def _stage_dirs(exp, seed, train_root):
     opts = list(exp.opts) + ["DATASETS.ROOT", train_root, "SEED", seed]
-    return plan_stages(exp.stage_config, os.path.join(exp.root, "stages", f"seed{seed}"), opts)[:2]
+    return plan_stages(exp.stage_config, os.path.join(exp.root, "stages", f"seed{seed}"), opts,
+                       tools_dir=exp.tools_dir)[:2]
 
 
 def _prepare_stages(exp, train_root):
@@ -105,7 +107,7 @@ def _arm_opts(exp, arm, seed, train_root, stages):
 
 
 def _evaluate(trained_dir, run_dir, exp, log_path, interpolate=1.0):
-    command = [sys.executable, os.path.join(TOOLS, "evaluate_protocol.py"), "--config-file",
+    command = [sys.executable, os.path.join(tools_dir(exp.tools_dir), "evaluate_protocol.py"), "--config-file",
                os.path.join(trained_dir, "config.yaml"), "--training", exp.training, "--benchmark-dir",
                exp.benchmark_dir, "--splits", *exp.splits, "--output", os.path.join(run_dir, "protocol.json"),
                "--interpolate", str(interpolate), "MODEL.WEIGHTS", os.path.join(trained_dir, "model_final.pth")]
@@ -123,7 +125,7 @@ def _train_and_evaluate(exp, arm, seed, train_root, stages):
     log, seconds = os.path.join(run_dir, "train.log"), 0.0
     if not arm.weights_of:
         stage = Stage(f"{arm.name}/seed{seed}", "train_net.py", arm.config, run_dir, "model_final.pth",
-                      _arm_opts(exp, arm, seed, train_root, stages))
+                      _arm_opts(exp, arm, seed, train_root, stages), tools_dir=exp.tools_dir)
         seconds = 0.0 if stage.done() else run_stage(stage, log, show_progress=False)
     elif not os.path.isfile(os.path.join(trained_dir, "model_final.pth")):
         raise RuntimeError(f"arm {arm.name} evaluates {arm.weights_of}, whose run {trained_dir} has no model_final.pth")

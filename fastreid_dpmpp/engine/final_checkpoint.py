@@ -19,13 +19,14 @@ from fastreid.engine.hooks import EvalHook
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
+from ..resources import ResourceNotFoundError, tools_dir
+from .eval_results import EVAL_RESULTS_FILE
+
 logger = logging.getLogger("fastreid.dpmpp.final_checkpoint")
 
 __all__ = ["SaveBeforeFinalEvaluation", "report_evaluation_failures", "eval_only_command", "with_safe_evaluation"]
 
 FINAL = "model_final"
-_DEFAULT_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                               "tools", "train_net.py")
 
 
 def _is_last_epoch(trainer):
@@ -39,7 +40,6 @@ class SaveBeforeFinalEvaluation(HookBase):
 
     def after_epoch(self):
         if _is_last_epoch(self.trainer):
-            from .trainer import EVAL_RESULTS_FILE
             stale = os.path.join(self.trainer.cfg.OUTPUT_DIR, EVAL_RESULTS_FILE)
             if comm.is_main_process() and os.path.isfile(stale):
                 os.remove(stale)
@@ -51,7 +51,15 @@ def _script():
     (e.g. when training was started from Python)."""
     running = sys.argv[0] if sys.argv else ""
     is_training_script = os.path.basename(running).startswith("train") and running.endswith(".py")
-    return os.path.abspath(running if is_training_script and os.path.isfile(running) else _DEFAULT_SCRIPT)
+    return os.path.abspath(running if is_training_script and os.path.isfile(running) else _default_script())
+
+
+def _default_script():
+    """tools/train_net.py of the checkout (or $FASTREID_DPMPP_TOOLS); the relative path in an install without it."""
+    try:
+        return os.path.join(tools_dir(), "train_net.py")
+    except ResourceNotFoundError:
+        return os.path.join("tools", "train_net.py")
 
 
 def eval_only_command(output_dir, weights):

@@ -23,7 +23,7 @@ from ..data.benchmark import benchmark_id, benchmark_record
 from ..data.datasets import OccludedDuke, OccludedDukeHolisticQuery
 from ..data.synthetic import LAYOUT_DIRS, load_meta
 from ..evaluation import protocol as P
-from ..modeling.spt import binarize_saliency, resize_masks
+from ..modeling.stage3_patch_transfer import binarize_saliency, resize_masks
 
 __all__ = ["extract_features", "split_features", "descriptor_spaces", "evaluate_split", "evaluate_model",
            "interpolate_backbone", "pooled_patch_tokens", "ORACLE_KEEP_FRACTIONS"]

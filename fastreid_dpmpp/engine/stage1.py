@@ -29,8 +29,8 @@ from fastreid.utils.logger import setup_logger
 
 from ..checkpoint import atomic_torch_save, trusted_torch_load
 from ..modeling.meta_arch.prompt_learning import CLIPPromptLearning  # noqa: F401  (registers the meta-arch)
+from ..data.root import apply_dataset_root, dataset_root
 from ..text_prototypes import identity_keys, save_text_prototypes
-from .defaults import apply_dataset_root, dataset_root
 from .nan_guard import NonFiniteWeightsError, with_non_finite_guard
 
 logger = logging.getLogger("fastreid.dpmpp.stage1")
@@ -153,9 +153,9 @@ def load_or_compute_image_features(cfg, train_set, cache_path=None):
                          f"{list(cfg.INPUT.SIZE_TEST)} must equal INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} "
                          f"(the CLIP patch grid is built for SIZE_TRAIN)")
     from ..modeling.backbones.clip_vit import build_clip_model
-    from ..modeling.prompt_learner import freeze
+    from ..modeling.module_utils import freeze_model
     device = torch.device(cfg.MODEL.DEVICE)
-    visual_clip = freeze(build_clip_model(cfg)).to(device)
+    visual_clip = freeze_model(build_clip_model(cfg)).to(device)
     logger.info("Computing Stage I image features of %d training images with the frozen image encoder",
                 len(train_set))
     features, labels = compute_image_features(

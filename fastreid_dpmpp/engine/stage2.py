@@ -13,8 +13,8 @@ Choices, so that fast-reid's trainer (one optimizer, one scheduler dict, one Che
   schedulers, so ``--resume`` restores everything.
 * Checkpoints, metrics and fast-reid's ``model_final.pth`` go to ``OUTPUT_DIR/stage2`` (like Stage I's
   ``OUTPUT_DIR/stage1``), so a single OUTPUT_DIR can hold all three stages. At the end the SPS checkpoint
-  ``OUTPUT_DIR/STAGE2.OUTPUT`` is written atomically: ``{"model": SPSModel state dict, "sps_meta": {...}}`` with the
-  backbone keys, the class count and the grid. Stage III (SPT.SPS_WEIGHTS) reads that file; it also accepts
+  ``OUTPUT_DIR/STAGE2.OUTPUT`` is written atomically (the hand-over file to Stage III: its format, writer, reader
+  and errors are in ``engine/sps_checkpoint.py``). Stage III (SPT.SPS_WEIGHTS) reads that file; it also accepts
   ``stage2/model_final.pth``.
 * Evaluation (TEST.EVAL_PERIOD, optional) uses fast-reid's stock ReidEvaluator on the SPS model's descriptor;
   TEST.EVAL_PERIOD 0 trains without evaluation.
@@ -29,9 +29,9 @@ from fastreid.evaluation import ReidEvaluator
 from fastreid.solver.build import build_lr_scheduler, get_default_optimizer_params, maybe_add_gradient_clipping
 from fastreid.utils import comm
 
-from ..checkpoint import atomic_torch_save
 from ..modeling.meta_arch.sps_arch import SPSModel  # noqa: F401  (registers the meta-arch)
-from .spt_hook import SPS_META_KEY, unwrap_model
+from ..modeling.module_utils import unwrap_model
+from .sps_checkpoint import BACKBONE_KEYS, backbone_config, save_sps_checkpoint  # noqa: F401  (API)
 from .trainer import DPMPPTrainer
 
 logger = logging.getLogger("fastreid.dpmpp.stage2")
@@ -42,15 +42,6 @@ __all__ = [
 ]
 
 STAGE2_SUBDIR = "stage2"
-
-# Recorded in the SPS checkpoint: what Stage III needs to rebuild the same SPS backbone.
-BACKBONE_KEYS = (
-    "MODEL.BACKBONE.STRIDE_SIZE", "MODEL.BACKBONE.SIE_COE",
-    "MODEL.VIT.FAMILY", "MODEL.VIT.ARCH", "MODEL.VIT.WIDTH", "MODEL.VIT.LAYERS", "MODEL.VIT.HEADS",
-    "MODEL.VIT.EMBED_DIM", "MODEL.VIT.TEXT_WIDTH", "MODEL.VIT.TEXT_LAYERS", "MODEL.VIT.TEXT_HEADS",
-    "MODEL.VIT.QUICK_GELU", "MODEL.VIT.SIE_ENABLED", "MODEL.VIT.SIE_MODE", "MODEL.VIT.NUM_CAMERAS",
-    "MODEL.VIT.TAPS",
-)
 
 
 # ----------------------------------------------------------------------------- paths and config
@@ -75,18 +66,6 @@ def stage2_config(cfg):
     cfg.OUTPUT_DIR = stage2_dir(cfg)
     cfg.freeze()
     return cfg
-
-
-def _config_value(cfg, dotted_key):
-    node = cfg
-    for part in dotted_key.split("."):
-        node = node[part]
-    return list(node) if isinstance(node, tuple) else node
-
-
-def backbone_config(cfg):
-    """{dotted key: value} of :data:`BACKBONE_KEYS` (plain Python values, loadable with weights_only)."""
-    return {key: _config_value(cfg, key) for key in BACKBONE_KEYS}
 
 
 # ----------------------------------------------------------------------------- optimisers
@@ -229,17 +208,9 @@ class Stage2Trainer(DPMPPTrainer):
         return self.write_sps_checkpoint()
 
     def write_sps_checkpoint(self, path=None):
-        """``{"model": state dict, "sps_meta": {...}}`` written atomically to OUTPUT_DIR/STAGE2.OUTPUT."""
+        """The Stage II -> III file (``sps_checkpoint.save_sps_checkpoint``) written atomically to
+        OUTPUT_DIR/STAGE2.OUTPUT."""
         path = path or self.sps_output_path
         if comm.is_main_process():
-            model = unwrap_model(self.model)
-            meta = {
-                "backbone_config": backbone_config(self.cfg),
-                "num_classes": int(self.cfg.MODEL.HEADS.NUM_CLASSES),
-                "grid": [int(v) for v in model.grid_size],
-                "image_size": [int(v) for v in self.cfg.INPUT.SIZE_TRAIN],
-                "epochs": int(self.max_epoch),
-            }
-            atomic_torch_save({"model": model.state_dict(), SPS_META_KEY: meta}, path)
-            logger.info("Stage II: SPS checkpoint written to %s", path)
+            save_sps_checkpoint(path, unwrap_model(self.model), self.cfg, self.max_epoch)
         return path

@@ -1,8 +1,6 @@
 """fast-reid's DefaultTrainer with the few DPM++ additions; everything else is fast-reid's own."""
 import contextlib
-import json
 import logging
-import os
 import time
 
 import torch
@@ -14,27 +12,20 @@ from fastreid.solver.build import get_default_optimizer_params
 from fastreid.utils import comm
 from fastreid.utils.params import ContiguousParams
 
-from ..checkpoint import atomic_write_text
+from ..data.cameras import test_camera_rows, training_cameras, with_camera_count  # noqa: F401  (with_camera_count: API)
+from ..data.root import apply_dataset_root
 from ..evaluation.breakdown import with_breakdowns
 from ..evaluation.masked_evaluator import MaskedReidEvaluator
 from ..evaluation.rerank import RerankReidEvaluator, uses_rerank_evaluator
-from ..modeling.heads.dpm_head import emits_query_masks, has_mask_generator
+from ..model_outputs import emits_query_masks, has_mask_generator
+from ..modeling.module_utils import unwrap_model
 from ..text_prototypes import load_text_prototypes
-from .cameras import test_camera_rows, training_cameras, with_camera_count  # noqa: F401  (with_camera_count: API)
-from .defaults import apply_dataset_root
+from .eval_results import EVAL_RESULTS_FILE, write_eval_results  # noqa: F401  (EVAL_RESULTS_FILE: API)
 from .final_checkpoint import with_safe_evaluation
 from .nan_guard import with_non_finite_guard
 from .resume import EpochSeedHook
 
 logger = logging.getLogger("fastreid.dpmpp.trainer")
-EVAL_RESULTS_FILE = "eval_results.json"
-
-
-def write_eval_results(output_dir, results):
-    """{dataset: {metric: value}} -> OUTPUT_DIR/eval_results.json, atomically."""
-    payload = {name: {metric: float(value) for metric, value in metrics.items()} for name, metrics in results.items()}
-    os.makedirs(output_dir, exist_ok=True)
-    atomic_write_text(json.dumps(payload, indent=2), os.path.join(output_dir, EVAL_RESULTS_FILE))
 
 
 def count_training_cameras(cfg):
@@ -42,13 +33,9 @@ def count_training_cameras(cfg):
     return len(training_cameras(cfg))
 
 
-def _unwrapped(model):
-    return getattr(model, "module", model)  # DistributedDataParallel
-
-
 def mask_generator_parameters(model):
     """Parameters of the DPM head's mask generator (HMG), [] when the model has none."""
-    generator = getattr(getattr(_unwrapped(model), "heads", None), "mask_generator", None)
+    generator = getattr(getattr(unwrap_model(model), "heads", None), "mask_generator", None)
     return [] if generator is None else list(generator.parameters())
 
 
@@ -68,7 +55,7 @@ def only_these_require_grad(model, parameters):
 
 def layer_decay_scales(model, decay):
     """{id(parameter): decay^(depth + 1 − layer)} for the backbone's parameters (``ReIDViT.layer_id``)."""
-    backbone = _unwrapped(model).backbone
+    backbone = unwrap_model(model).backbone
     top = backbone.depth + 1
     return {id(p): decay ** (top - backbone.layer_id(name)) for name, p in backbone.named_parameters()}
 
@@ -80,7 +67,7 @@ def layer_decayed_lrs(model, decay):
     from fastreid.solver import build as solver_build
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"SOLVER.LAYER_DECAY must be in (0, 1] (1.0 = off), got {decay}")
-    if decay == 1.0 or not hasattr(_unwrapped(model).backbone, "layer_id"):
+    if decay == 1.0 or not hasattr(unwrap_model(model).backbone, "layer_id"):
         yield
         return
     scales, original = layer_decay_scales(model, decay), solver_build.get_default_optimizer_params
@@ -113,7 +100,7 @@ def check_alternate_update(cfg):
 def build_mask_optimizer(cfg, model):
     """DPM's second optimiser: the mask generator alone, at the heads' LR (BASE_LR x HEADS_LR_FACTOR, biases
     x BIAS_LR_FACTOR), with SOLVER.OPT. Like DPM, it is not attached to the LR schedule (constant LR)."""
-    generator = _unwrapped(model).heads.mask_generator
+    generator = unwrap_model(model).heads.mask_generator
     groups = get_default_optimizer_params(
         generator, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM, bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
@@ -150,7 +137,7 @@ class AlternatingMaskTrainer(SimpleTrainer):
 
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        synthesizer = getattr(_unwrapped(self.model), "spt", None)
+        synthesizer = getattr(unwrap_model(self.model), "spt", None)
         spt_rng = synthesizer.rng_state() if synthesizer is not None else None
         loss_dict = self.model(data)
         self.optimizer.zero_grad()
@@ -195,7 +182,7 @@ class DPMPPTrainer(DefaultTrainer):
         if self.cfg.SPT.ENABLED:
             from fastreid.engine.hooks import PeriodicWriter
 
-            from .spt_hook import SPTHook
+            from .stage3_spt_hook import SPTHook
             writers = [i for i, hook in enumerate(ret) if isinstance(hook, PeriodicWriter)]
             ret.insert(writers[0] if writers else len(ret), SPTHook(self.cfg))
         if self.cfg.SEED >= 0:
@@ -252,7 +239,7 @@ class DPMPPTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         # fast-reid's test loader always uses 4 workers; honour DATALOADER.NUM_WORKERS (2-core machines).
-        # Camera ids become SIE rows; cameras training never saw get distinct ids >= NUM_CAMERAS (engine/cameras.py).
+        # Camera ids become SIE rows; cameras training never saw get distinct ids >= NUM_CAMERAS (data/cameras.py).
         apply_dataset_root(cfg)
         args = _test_loader_from_config(cfg, dataset_name=dataset_name)
         args["test_set"].img_items, _ = test_camera_rows(cfg, dataset_name, args["test_set"].img_items)

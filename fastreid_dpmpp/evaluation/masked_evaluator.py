@@ -1,36 +1,28 @@
 """Dynamic masked matching (SPEC §6) as a fast-reid evaluator.
 
-Contract between a model and this evaluator. fast-reid's ``inference_on_dataset`` wants ONE tensor per
-batch (it averages the model's output over the image and its flip, then calls ``process``), so a
-model with masked matching returns
-
-    cat([g, m̄], dim=1)     (B, 2·W)
-
-with g the W-dimensional test descriptor and m̄ the HMG mask laid over the descriptor's dimensions:
-the mask values where it acts, ones where the descriptor is compared unmasked (e.g. m̄ = [m, 1…1] for
-g = concat[v, v_p] and a mask over v). :func:`pack_descriptor_and_mask` builds it and
-:func:`unpack_descriptor_and_mask` splits it in half, so the evaluator needs no knowledge of the model's
-widths. With a mask of ones the masked similarity is the plain cosine similarity.
+The model side of the contract (what a model returns in eval: cat([descriptor, mask]), and which configs make it
+return that) is :mod:`fastreid_dpmpp.model_outputs`; this evaluator unpacks it with
+:func:`~fastreid_dpmpp.model_outputs.unpack_descriptor_and_mask` (re-exported here with
+:func:`~fastreid_dpmpp.model_outputs.pack_descriptor_and_mask`). With a mask of ones the masked similarity is the
+plain cosine similarity.
 
 Galleries too large to score exhaustively (TEST.MASKED_MATCHING.CANDIDATES = K > 0): FAISS retrieves K
 candidates per query (TEST.MASKED_MATCHING.INDEX), they are re-scored exactly (``masked_search``) and the
 metrics are computed from the (Q, K) ranked lists by :func:`ranked_list_metrics` — no (Q, G) matrix.
 """
 import copy
-import itertools
 import logging
 from collections import OrderedDict
 
 import numpy as np
-import torch
 import torch.nn.functional as F
-from sklearn import metrics
 
 from fastreid.evaluation.query_expansion import aqe
-from fastreid.evaluation.reid_evaluation import ReidEvaluator
-from fastreid.utils import comm
 
+from ..model_outputs import pack_descriptor_and_mask, unpack_descriptor_and_mask
+from .distance_evaluator import DistanceReidEvaluator
 from .masked_matching import DISTANCES, blocked_masked_distance, build_gallery_index, masked_search
+from .rerank import reranked_distance
 
 __all__ = ["DistanceReidEvaluator", "MaskedReidEvaluator", "pack_descriptor_and_mask", "unpack_descriptor_and_mask",
            "ranked_list_metrics", "CANDIDATE_INDEXES"]
@@ -38,31 +30,6 @@ __all__ = ["DistanceReidEvaluator", "MaskedReidEvaluator", "pack_descriptor_and_
 CANDIDATE_INDEXES = ("flat", "ivf", "ivfpq")
 
 logger = logging.getLogger("fastreid.dpmpp.masked_evaluator")
-
-
-def pack_descriptor_and_mask(descriptor, mask, offset=0):
-    """(B, W) descriptor and (B, D_m) mask acting on descriptor dims [offset, offset + D_m) ->
-    (B, 2W) = cat([descriptor, mask laid over the descriptor with ones elsewhere])."""
-    if descriptor.dim() != 2 or mask.dim() != 2 or mask.shape[0] != descriptor.shape[0] \
-            or offset < 0 or offset + mask.shape[1] > descriptor.shape[1]:
-        raise ValueError(
-            f"masked_evaluator.py: a {tuple(mask.shape)} mask at offset {offset} does not fit the "
-            f"{tuple(descriptor.shape)} descriptor")
-    width, mask_dim = descriptor.shape[1], mask.shape[1]
-    ones = descriptor.new_ones
-    laid = torch.cat([ones(mask.shape[0], offset), mask.to(descriptor.dtype),
-                      ones(mask.shape[0], width - offset - mask_dim)], dim=1)
-    return torch.cat([descriptor, laid], dim=1)
-
-
-def unpack_descriptor_and_mask(features):
-    """(N, 2W) -> descriptors (N, W), masks (N, W): the inverse of :func:`pack_descriptor_and_mask`."""
-    if features.dim() != 2 or features.shape[1] % 2:
-        raise ValueError(
-            f"masked_evaluator.py: MaskedReidEvaluator expects model outputs cat([descriptor, mask]) of even "
-            f"width (see pack_descriptor_and_mask), got {tuple(features.shape)}; is the model a DPMHead "
-            "model with TEST.MASKED_MATCHING.ENABLED?")
-    return features.chunk(2, dim=1)
 
 
 def _compact_codes(values, *others):
@@ -139,58 +106,6 @@ def ranked_list_metrics(ranked, query_pids, gallery_pids, query_camids, gallery_
     ranks = np.arange(1, min(max_rank, len(gallery_pids)) + 1)
     cmc = (first_hit_rank[:, None] <= ranks[None, :]).mean(axis=0).astype(np.float32)
     return cmc, all_ap, all_inp
-
-
-class DistanceReidEvaluator(ReidEvaluator):
-    """fast-reid's ``ReidEvaluator`` whose distance matrix comes from ``query_gallery_distance(query, gallery)``
-    (subclasses define it): gathering and metrics are the parent's."""
-
-    def _gathered_predictions(self):
-        """The parent's gathering: None on the non-main processes of a multi-process run."""
-        if comm.get_world_size() > 1:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
-            return predictions if comm.is_main_process() else None
-        return self._predictions
-
-    def _gathered_arrays(self):
-        """(features, pids, camids) of every process's images in dataset order, on rank 0; None elsewhere."""
-        predictions = self._gathered_predictions()
-        if predictions is None:
-            return None
-        features = torch.cat([p["feats"] for p in predictions], dim=0)
-        pids = torch.cat([p["pids"] for p in predictions], dim=0).numpy()
-        camids = torch.cat([p["camids"] for p in predictions], dim=0).numpy()
-        return features, pids, camids
-
-    def evaluate(self):
-        gathered = self._gathered_arrays()
-        if gathered is None:
-            return {}
-        features, pids, camids = gathered
-        nq = self._num_query
-        dist = self.query_gallery_distance(features[:nq], features[nq:])
-        self._results = self._ranking_results(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
-        return copy.deepcopy(self._results)
-
-    def _ranking_results(self, dist, query_pids, gallery_pids, query_camids, gallery_camids):
-        """The parent's metrics on a given distance matrix (fast-reid's evaluate_rank / evaluate_roc)."""
-        from fastreid.evaluation.rank import evaluate_rank
-        results = OrderedDict()
-        cmc, all_ap, all_inp = evaluate_rank(dist, query_pids, gallery_pids, query_camids, gallery_camids)
-        mean_ap, mean_inp = np.mean(all_ap), np.mean(all_inp)
-        for rank in (1, 5, 10):
-            results[f"Rank-{rank}"] = cmc[rank - 1] * 100
-        results["mAP"] = mean_ap * 100
-        results["mINP"] = mean_inp * 100
-        results["metric"] = (mean_ap + cmc[0]) / 2 * 100
-        if self.cfg.TEST.ROC.ENABLED:
-            from fastreid.evaluation.roc import evaluate_roc
-            scores, labels = evaluate_roc(dist, query_pids, gallery_pids, query_camids, gallery_camids)
-            fprs, tprs, _ = metrics.roc_curve(labels, scores)
-            for fpr in (1e-4, 1e-3, 1e-2):
-                results[f"TPR@FPR={fpr:.0e}"] = tprs[np.argmin(np.abs(fprs - fpr))]
-        return results
 
 
 def _candidate_options(cfg):
@@ -321,7 +236,6 @@ class MaskedReidEvaluator(DistanceReidEvaluator):
         if test.RERANK.ENABLED:
             logger.info("Test with rerank setting")
             # TEST.RERANK.METHOD / BLOCK_SIZE pick the Jaccard formulation and its blocked sparse form (rerank.py)
-            from .rerank import reranked_distance
             dist = reranked_distance(F.normalize(query, dim=1), F.normalize(gallery, dim=1), dist, test.RERANK)
         return dist
 

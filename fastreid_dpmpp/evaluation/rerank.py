@@ -32,7 +32,7 @@ from fastreid.evaluation.query_expansion import aqe
 from fastreid.utils.compute_dist import build_dist
 
 from ..compat import faiss_gpu_available
-from .masked_evaluator import DistanceReidEvaluator
+from .distance_evaluator import DistanceReidEvaluator
 
 __all__ = [
     "METHODS", "DEFAULT_BLOCK_SIZE", "rerank_options", "knn_search", "farthest_squared_distance",

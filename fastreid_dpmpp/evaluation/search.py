@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_torch_save, atomic_write_text, trusted_torch_load
-from ..engine.cameras import camera_rows, describe_cameras, training_prefix
-from .masked_evaluator import unpack_descriptor_and_mask
+from ..data.cameras import camera_rows, describe_cameras, training_prefix
+from ..model_outputs import unpack_descriptor_and_mask
 from .masked_matching import build_gallery_index, masked_search
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "parse_name", "GalleryIndex", "FeatureExtractor",
@@ -103,7 +103,7 @@ class FeatureExtractor:
         self._unseen_reported = set()
 
     def _camids(self, cameras, paths):
-        """SIE rows of the cameras parsed from the file names (engine/cameras.py): a camera training never saw, or
+        """SIE rows of the cameras parsed from the file names (data/cameras.py): a camera training never saw, or
         a name without ``_c<cam>``, gets the mean camera embedding, with one warning per camera."""
         if not self.num_cameras:
             return None

@@ -282,7 +282,7 @@ class ReIDViT(nn.Module):
 
     def _add_sie(self, x: torch.Tensor, camids) -> torch.Tensor:
         """+ λ_sie · S[cam] on every token ("all", Eq. 2) or on the class token ("cls"). An id >= the table's rows
-        is a camera training never saw (engine/cameras.py maps test cameras so): it gets the mean of the rows."""
+        is a camera training never saw (data/cameras.py maps test cameras so): it gets the mean of the rows."""
         if camids is None or self.sie_embed is None:
             return x
         camids = torch.as_tensor(camids, device=x.device).long().reshape(-1)

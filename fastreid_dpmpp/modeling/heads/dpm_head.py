@@ -37,13 +37,15 @@ from torch import nn
 from fastreid.layers import pooling
 from fastreid.modeling.heads.build import REID_HEADS_REGISTRY
 
-from ...evaluation.masked_evaluator import pack_descriptor_and_mask
+from ...model_outputs import emits_query_masks, has_mask_generator, pack_descriptor_and_mask
 from ..backbones.tapped_cnn import TAPPED_BACKBONES, TapLayout
 from ..hmg import HierarchicalMaskGenerator, tokens_to_grid
 from ..losses import MASK_SIDES, arcface_logits, masked_prototype_cosine
 from .bnneck import BNNeck
 
-__all__ = ["DPMHead", "MASKED_PROTOTYPES", "TOKEN_BACKBONES", "emits_query_masks", "load_frozen_text_prototypes"]
+# emits_query_masks / has_mask_generator: defined in fastreid_dpmpp.model_outputs (the model -> evaluator contract)
+__all__ = ["DPMHead", "MASKED_PROTOTYPES", "TOKEN_BACKBONES", "emits_query_masks", "has_mask_generator",
+           "load_frozen_text_prototypes"]
 
 logger = logging.getLogger("fastreid.dpmpp.dpm_head")
 
@@ -58,19 +60,6 @@ def _check_choices(cfg):
                          f"{dpmpp.MASKED_PROTOTYPE!r}")
     if dpmpp.MASK_SIDE not in MASK_SIDES:
         raise ValueError(f"MODEL.DPMPP.MASK_SIDE must be one of {MASK_SIDES}, got {dpmpp.MASK_SIDE!r}")
-
-
-def has_mask_generator(cfg):
-    """True when the config gives the head an HMG (DPM branch on and a prototype to mask)."""
-    return bool(cfg.MODEL.DPMPP.DPM_ENABLED) and cfg.MODEL.DPMPP.MASKED_PROTOTYPE != "none"
-
-
-def emits_query_masks(cfg):
-    """True when a model built from ``cfg`` returns cat([descriptor, mask]) in eval (masked matching):
-    a DPMHead with a mask generator and TEST.MASKED_MATCHING.ENABLED. The trainer picks the evaluator
-    with the same test."""
-    return (cfg.MODEL.HEADS.NAME == "DPMHead" and bool(cfg.TEST.MASKED_MATCHING.ENABLED)
-            and has_mask_generator(cfg))
 
 
 def load_frozen_text_prototypes(path, num_classes, dim):

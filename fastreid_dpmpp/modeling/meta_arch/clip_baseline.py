@@ -9,6 +9,7 @@ from fastreid.modeling.losses.cross_entroy_loss import log_accuracy
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 
 from ..losses import batch_hard_triplet_loss, cross_entropy_with_ignored_classes
+from ..stage3_synthesizer import spt_ignore_masks
 from .vit_reid import ViTReIDMetaArch, head_config
 
 
@@ -39,13 +40,5 @@ class CLIPBaseline(ViTReIDMetaArch):
                     outputs[name], targets, margin=self.tri_margin, excluded_negatives=excluded)
         return losses
 
-
     def neck_features(self, outputs):
         return self.heads.neck_features(outputs)
-
-
-def spt_ignore_masks(spt_info):
-    """Partner classes to drop from the softmax and partner-identity negatives to drop from triplet mining."""
-    if spt_info is None:
-        return None, None
-    return spt_info["ignored_classes"], spt_info["excluded_negatives"]

@@ -27,11 +27,11 @@ from fastreid.modeling.heads import build_heads
 from fastreid.modeling.losses.cross_entroy_loss import log_accuracy
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 
-from ...evaluation.masked_evaluator import pack_descriptor_and_mask
-from ..heads.dpm_head import TOKEN_BACKBONES, emits_query_masks
+from ...model_outputs import emits_query_masks, pack_descriptor_and_mask
+from ..heads.dpm_head import TOKEN_BACKBONES
 from ..losses import batch_hard_triplet_loss, cross_entropy_with_ignored_classes, head_orthogonality_loss
 from ..mask_supervision import SOURCES as SUPERVISION_SOURCES, agreement_target, mask_supervision_loss
-from .clip_baseline import spt_ignore_masks
+from ..stage3_synthesizer import spt_ignore_masks
 from .vit_reid import DESCRIPTORS, ViTReIDMetaArch, descriptor_layout, head_config
 
 __all__ = ["DPMPP"]

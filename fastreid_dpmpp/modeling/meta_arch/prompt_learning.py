@@ -21,7 +21,7 @@ from fastreid.config import configurable
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 
 from ..losses.supcon import supervised_contrastive_loss
-from ..prompt_learner import PromptLearner, TextEncoder
+from ..stage1_prompts import PromptLearner, TextEncoder
 
 logger = logging.getLogger("fastreid.dpmpp.prompt_learning")
 

@@ -25,7 +25,7 @@ from fastreid.utils.events import get_event_storage
 
 from ..heads.clip_reid_head import CLIPReIDHead
 from ..losses import batch_hard_triplet_loss, budget_loss, complement_loss, cross_entropy_with_ignored_classes
-from ..sps import SalientPatchSelector, patch_transform
+from ..stage2_patch_selection import SalientPatchSelector, patch_transform
 from .vit_reid import ViTReIDMetaArch, head_config
 
 logger = logging.getLogger("fastreid.dpmpp.sps_arch")

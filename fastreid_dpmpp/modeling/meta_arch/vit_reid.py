@@ -23,22 +23,20 @@ class ViTReIDMetaArch(nn.Module):
             # a vanilla ViT has no CLIP projection: its descriptor is the v (or BN(v)) part alone
             self.descriptor = "bn_cls" if "bn_v" in DESCRIPTORS[self.descriptor] else "cls"
         self.sie_at_test = bool(cfg.MODEL.VIT.SIE_AT_TEST)
-        # The SPT synthesiser holds a frozen SPS model: kept out of the module tree so that it is neither
-        # trained, nor saved in this model's checkpoints, nor moved by .to().
-        self._spt = [None]
+        # The SPT synthesiser (SPEC §4), owned and attached by the SPT training hook, None otherwise. A plain
+        # attribute, not a submodule (SPTSynthesizer is no nn.Module): its frozen SPS model is neither trained,
+        # nor saved in this model's checkpoints, nor moved by .to().
+        self.spt = None
 
     # ------------------------------------------------------------------ plumbing
     @property
     def device(self):
         return self.pixel_mean.device
 
-    @property
-    def spt(self):
-        return self._spt[0]
-
     def attach_spt(self, synthesizer):
-        """Called by the SPT training hook (fastreid_dpmpp.engine.spt_hook)."""
-        self._spt[0] = synthesizer
+        """Called by the SPT training hook (fastreid_dpmpp.engine.stage3_spt_hook), which owns ``synthesizer``; None
+        detaches it."""
+        self.spt = synthesizer
 
     def preprocess_image(self, batched_inputs):
         images = batched_inputs["images"] if isinstance(batched_inputs, dict) else batched_inputs
