@@ -28,6 +28,7 @@ demo: $(STAMP)
 	$(PY) tools/demo.py --output-dir $(DEMO_DIR)
 
 test: $(STAMP)
+	PYTHONPATH=. $(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 # Re-make the shipped pretrained tiny CLIP (pretrained/dpmpp_tiny_clip_synthetic.pt) with the recorded recipe.
