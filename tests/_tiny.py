@@ -72,6 +72,23 @@ def load_tool_module(name, module_name=None):
     return module
 
 
+def load_project_train_net(project):
+    """projects/<project>/train_net.py imported as a module; its evaluations use the Python ranking (no compile)."""
+    path = os.path.join(REPO, "projects", project, "train_net.py")
+    spec = importlib.util.spec_from_file_location(f"{project.lower()}_train_net", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record_masked_evaluations(monkeypatch):
+    """A list that gets one entry per MaskedReidEvaluator.evaluate call (the call itself still runs)."""
+    from fastreid_dpmpp.evaluation import MaskedReidEvaluator
+    calls, original = [], MaskedReidEvaluator.evaluate
+    monkeypatch.setattr(MaskedReidEvaluator, "evaluate", lambda self: calls.append(1) or original(self))
+    return calls
+
+
 _SEARCH_TOOL = []
 
 

@@ -1,7 +1,6 @@
 """DPM head wiring (SPEC §5): BN-neck, prototypes, HMG mask, Eq. 10 masked prototypes, L_id / L_mask logits,
 ablation switches, the tapped ResNet layout and the head inside fast-reid's stock Baseline (the ResNet configs of
 projects/DPMHeadCNN)."""
-import importlib.util
 import json
 import math
 import os
@@ -24,6 +23,8 @@ from fastreid_dpmpp.modeling.backbones.tapped_cnn import TappedResNet, tapped_re
 from fastreid_dpmpp.modeling.heads.dpm_head import DPMHead, emits_query_masks
 from fastreid_dpmpp.modeling.losses import arcface_logits
 from fastreid_dpmpp.text_prototypes import save_text_prototypes
+
+from _tiny import load_project_train_net, record_masked_evaluations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D, D_T, C, B, GRID = 8, 6, 5, 6, (4, 2)
@@ -326,15 +327,9 @@ def test_dpmhead_r50_project_trains_through_stock_baseline(synthetic_root, tmp_p
     """projects/DPMHeadCNN/configs/R50-OccludedDuke.yml (a GPU config) on the CPU, small, in fast-reid's unmodified
     Baseline (without the project's "IdLoss", which only CNNBaseline reads)."""
     monkeypatch.setenv("FASTREID_DPMPP_NO_CYTHON", "1")  # Python ranking: no compile step in the test
-    spec = importlib.util.spec_from_file_location("dpmhead_cnn_train_net",
-                                                  os.path.join(ROOT, "projects/DPMHeadCNN/train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_project_train_net("DPMHeadCNN")
     from fastreid.engine import default_argument_parser
-    from fastreid_dpmpp.evaluation import MaskedReidEvaluator
-    calls = []
-    original = MaskedReidEvaluator.evaluate
-    monkeypatch.setattr(MaskedReidEvaluator, "evaluate", lambda self: calls.append(1) or original(self))
+    calls = record_masked_evaluations(monkeypatch)
     out = str(tmp_path / "out")
     args = default_argument_parser().parse_args([
         "--config-file", os.path.join(ROOT, "projects/DPMHeadCNN/configs/R50-OccludedDuke.yml"),

@@ -21,6 +21,8 @@ from fastreid_dpmpp.engine import load_config
 from fastreid_dpmpp.modeling.heads.dpm_head import DPMHead
 from fastreid_dpmpp.modeling.meta_arch.cnn_baseline import CNNBaseline
 
+from _tiny import load_project_train_net, load_tool_module, record_masked_evaluations
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = os.path.join(ROOT, "projects", "DPMHeadCNN")
 CONFIGS = sorted(glob.glob(os.path.join(PROJECT, "configs", "*.yml")))
@@ -102,10 +104,7 @@ def test_stock_baseline_arm_equals_cnn_baseline_without_id_loss():
 
 
 def test_experiment_spec_names_existing_configs():
-    sys_path = os.path.join(ROOT, "tools")
-    spec = importlib.util.spec_from_file_location("compare_tool", os.path.join(sys_path, "compare.py"))
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = load_tool_module("compare", "compare_tool")
     loaded, arms, stage_config = compare.load_spec(os.path.join(PROJECT, "dpmhead_cnn_compare.yml"))
     assert os.path.isfile(stage_config) and not any(arm.needs for arm in arms)
     assert {arm.name for arm in arms} == {"bagtricks", "bagtricks_random", "dpm", "dpm_random", "dpm_no_id"}
@@ -135,14 +134,9 @@ def test_protocol_evaluation_reads_the_cnn_models(data_root):
 
 def test_project_train_net_trains_and_tests_with_masked_matching(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTREID_DPMPP_NO_CYTHON", "1")
-    spec = importlib.util.spec_from_file_location("dpmhead_cnn_train_net", os.path.join(PROJECT, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_project_train_net("DPMHeadCNN")
     from fastreid.engine import default_argument_parser
-    from fastreid_dpmpp.evaluation import MaskedReidEvaluator
-    calls = []
-    original = MaskedReidEvaluator.evaluate
-    monkeypatch.setattr(MaskedReidEvaluator, "evaluate", lambda self: calls.append(1) or original(self))
+    calls = record_masked_evaluations(monkeypatch)
     out = str(tmp_path / "out")
     args = default_argument_parser().parse_args([
         "--config-file", os.path.join(PROJECT, "configs", "dpm_masked_random.yml"),
