@@ -122,3 +122,13 @@ def test_demo_rows_table_and_reading():
     assert "worse than the CLIP baseline" in text
     assert "(DPM++ against DPM): -3.8 mAP occluded, -8.0 without occluders" in text
     assert "dpm +0.1, dpmpp -0.2" in text
+
+
+def test_demo_schedule_keeps_the_step_fractions():
+    demo = _demo()
+    opts = dict(zip(*[iter(demo.schedule_opts(15))] * 2))
+    # Base-Tiny.yml decays at epochs 20 and 27 of 30: 2/3 and 9/10 of training
+    assert opts["SOLVER.MAX_EPOCH"] == "15" and opts["SOLVER.STEPS"] == "(10,14)"
+    assert dict(zip(*[iter(demo.schedule_opts(30))] * 2))["SOLVER.STEPS"] == "(20,27)"
+    with pytest.raises(ValueError, match="--epochs"):
+        demo.schedule_opts(0)

@@ -161,3 +161,49 @@ def test_trainer_evaluators_write_breakdowns(data_root, tmp_path):
     assert sum(v["queries"] for v in written["by_occluder"].values()) == int(metrics["valid"].sum())
     assert results["mAP"] == pytest.approx(P.summarize(metrics)["mAP"], abs=1e-3)
     assert image_meta([str(tmp_path / "elsewhere" / "query" / "0001_c1_f1.jpg")]) == (None, None)
+
+
+def test_experiment_evaluates_only_the_asked_spaces_and_sie_settings(tmp_path, monkeypatch):
+    from fastreid_dpmpp.engine import experiment as E
+    calls = []
+    monkeypatch.setattr(E.subprocess, "call", lambda command, **kwargs: calls.append(command) or 0)
+    exp = E.Experiment(arms=[], seeds=[0], training="occluded", root=str(tmp_path), benchmark_dir="bench",
+                       stage_config="unused.yml", splits=("test1",), eval_spaces=("concat_bn",), eval_sie=("off",))
+    E._evaluate("run", "run", exp, str(tmp_path / "log"))
+    command = calls[0]
+    assert command[command.index("--sie") + 1:command.index("--spaces")] == ["off"]
+    assert command[command.index("--spaces") + 1:command.index("MODEL.WEIGHTS")] == ["concat_bn"]
+    E._evaluate("run", "run", E.Experiment(arms=[], seeds=[0], training="occluded", root=str(tmp_path),
+                                           benchmark_dir="bench", stage_config="unused.yml"), str(tmp_path / "log"))
+    assert "--spaces" not in calls[1] and calls[1][calls[1].index("--sie") + 1:][:2] == ["off", "on"]
+
+
+def _fake_protocol(rng, plain, holistic, oracles, queries=20):
+    ap = rng.random(queries)
+    space = {"plain": {"mAP": plain, "Rank-1": plain + 2, "own_camera_top1": 5.0},
+             "holistic": {"mAP": holistic, "Rank-1": holistic + 1},
+             "per_query_ap": {"plain": ap.tolist()}}
+    space.update({f"oracle_{keep:g}": {"mAP": value} for keep, value in oracles.items()})
+    return {"splits": {"test1": {"sie_off": {"bn_v": space}}}}
+
+
+def test_comparison_rows_mean_std_paired_delta_and_oracle_bound():
+    from fastreid_dpmpp.engine.experiment import Arm, Setting, comparison_markdown, comparison_rows, verdict
+    rng = np.random.default_rng(0)
+    ref = {1: 40.0, 2: 42.0, 3: 41.0}
+    new = {1: 45.0, 2: 46.5, 3: 45.0}
+    results = {}
+    for seed in ref:
+        results[("ref", seed)] = _fake_protocol(rng, ref[seed], 80.0, {0.25: 50.0, 0.5: 60.0 + seed})
+        results[("new", seed)] = _fake_protocol(rng, new[seed], 82.0, {0.5: 70.0})
+    arms = [Arm("ref", "a.yml"), Arm("new", "b.yml")]
+    rows = {r["arm"]: r for r in comparison_rows(results, arms, [1, 2, 3], "test1", Setting(space="bn_v"), "ref")}
+    deltas = [new[s] - ref[s] for s in (1, 2, 3)]
+    assert rows["new"]["delta"][0] == pytest.approx(np.mean(deltas))
+    assert rows["new"]["delta"][1] == pytest.approx(np.std(deltas, ddof=1))
+    assert rows["ref"]["mAP"][1] == pytest.approx(np.std(list(ref.values()), ddof=1))
+    assert rows["ref"]["oracle_mAP"][0] == pytest.approx(62.0)            # best keep fraction per seed: 61, 62, 63
+    assert rows["new"]["holistic_delta"][0] == pytest.approx(2.0)
+    assert verdict(rows["ref"]) == "reference"
+    table = comparison_markdown(list(rows.values()), "test1", Setting(space="bn_v"))
+    assert "62.0 ± 1.0" in table and "70.0 ± 0.0" in table

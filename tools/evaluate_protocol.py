@@ -29,6 +29,8 @@ def main(argv=None):
     parser.add_argument("--training", default="occluded", help="training protocol whose benchmark roots to use")
     parser.add_argument("--benchmark-dir", default="output/benchmark")
     parser.add_argument("--spaces", nargs="*", default=None, help="descriptor spaces (default: all the model has)")
+    parser.add_argument("--sie", nargs="+", default=["off", "on"], choices=["off", "on"],
+                        help="SIE at test (models without camera embeddings are evaluated once, off)")
     parser.add_argument("--output", required=True, help="results JSON")
     parser.add_argument("--sps-weights", default="", help="a Stage II SPS checkpoint: adds the spatial-visibility "
                         "reference (patch tokens pooled under its saliency)")
@@ -47,7 +49,8 @@ def main(argv=None):
     if args.interpolate != 1.0:
         interpolate_backbone(model.backbone, zero_shot, args.interpolate)
     sps_model = load_frozen_sps_model(cfg, args.sps_weights, key="--sps-weights") if args.sps_weights else None
-    results = evaluate_model(model, cfg, roots, spaces=args.spaces, sps_model=sps_model)
+    sie_settings = tuple(setting == "on" for setting in dict.fromkeys(args.sie))
+    results = evaluate_model(model, cfg, roots, spaces=args.spaces, sie_settings=sie_settings, sps_model=sps_model)
     results["interpolate"] = args.interpolate
     write_results(args.output, results)
     return 0

@@ -73,6 +73,8 @@ class Experiment:
     splits: tuple = ("val", "test1", "test2")
     jobs: int = 1
     tools_dir: str = None                   # tools/ (evaluate_protocol.py, train_*.py); None: resources.tools_dir()
+    eval_spaces: tuple = ()                 # descriptor spaces to evaluate; () = every space the model has
+    eval_sie: tuple = ("off", "on")         # SIE at test settings to evaluate
 
 
 def _stage_dirs(exp, seed, train_root):
@@ -110,7 +112,10 @@ def _evaluate(trained_dir, run_dir, exp, log_path, interpolate=1.0):
     command = [sys.executable, os.path.join(tools_dir(exp.tools_dir), "evaluate_protocol.py"), "--config-file",
                os.path.join(trained_dir, "config.yaml"), "--training", exp.training, "--benchmark-dir",
                exp.benchmark_dir, "--splits", *exp.splits, "--output", os.path.join(run_dir, "protocol.json"),
-               "--interpolate", str(interpolate), "MODEL.WEIGHTS", os.path.join(trained_dir, "model_final.pth")]
+               "--interpolate", str(interpolate), "--sie", *exp.eval_sie]
+    if exp.eval_spaces:
+        command += ["--spaces", *exp.eval_spaces]
+    command += ["MODEL.WEIGHTS", os.path.join(trained_dir, "model_final.pth")]
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
@@ -186,8 +191,10 @@ def arm_values(protocol, split, setting):
     matching = setting.matching if setting.matching in space else "plain"
     summary = space[matching]
     per_query = space["per_query_ap"][matching if matching in space["per_query_ap"] else "plain"]
+    oracle = [value["mAP"] for key, value in space.items() if key.startswith("oracle_") and isinstance(value, dict)]
     return dict(mAP=summary["mAP"], R1=summary["Rank-1"], mAP_holistic=space["holistic"]["mAP"],
                 R1_holistic=space["holistic"]["Rank-1"], own_camera=summary["own_camera_top1"],
+                oracle_mAP=max(oracle) if oracle else float("nan"),
                 per_query_ap=np.asarray(per_query, float), matching=matching)
 
 
@@ -209,7 +216,7 @@ def comparison_rows(results, arms, seeds, split, setting, reference):
         if not values:
             continue
         row = dict(arm=arm.name, seeds=sorted(values), matching=next(iter(values.values()))["matching"])
-        for key in ("mAP", "R1", "mAP_holistic", "R1_holistic", "own_camera"):
+        for key in ("mAP", "R1", "mAP_holistic", "R1_holistic", "own_camera", "oracle_mAP"):
             row[key] = _mean_std([v[key] for v in values.values()])
         paired = [s for s in values if s in reference_values and reference_values[s] is not None]
         if arm.name != reference and paired:
@@ -242,16 +249,19 @@ def verdict(row):
 def comparison_markdown(rows, split, setting, chance=None):
     from tabulate import tabulate
     headers = ["arm", "matching", "mAP occ.", "R1 occ.", "mAP hol.", "own-cam top-1 %", "Δ mAP vs ref (per seed)",
-               "Δ 95% CI (queries)", "Δ mAP hol.", "reading"]
+               "Δ 95% CI (queries)", "Δ mAP hol.", "reading", "oracle-mask mAP occ."]
     body = []
     if chance:
-        body.append(["random ranking", "–", _fmt(chance["mAP"]), _fmt(chance["Rank-1"]), "", "", "", "", "", ""])
+        body.append(["random ranking", "–", _fmt(chance["mAP"]), _fmt(chance["Rank-1"]), "", "", "", "", "", "", ""])
     for row in rows:
+        oracle = row.get("oracle_mAP", (float("nan"), 0.0))
         body.append([row["arm"], row["matching"], _fmt(row["mAP"]), _fmt(row["R1"]), _fmt(row["mAP_holistic"]),
                      f"{row['own_camera'][0]:.0f}", _fmt(row["delta"]) if "delta" in row else "",
                      "[{:.1f}, {:.1f}]".format(*row["delta_ci"]) if "delta_ci" in row else "",
-                     _fmt(row["holistic_delta"]) if "holistic_delta" in row else "", verdict(row)])
-    title = f"Split {split}, {setting.describe()}; mean ± std over seeds (%)"
+                     _fmt(row["holistic_delta"]) if "holistic_delta" in row else "", verdict(row),
+                     _fmt(oracle) if np.isfinite(oracle[0]) else "–"])
+    title = (f"Split {split}, {setting.describe()}; mean ± std over seeds (%). Oracle-mask mAP: the same features "
+             "matched with each query's oracle channel mask (best keep fraction; an upper bound, docs/EVALUATION.md)")
     return f"{title}\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
 
 
