@@ -9,14 +9,16 @@ Output folder::
     <arm>/seed<k>/                     one training run (fast-reid OUTPUT_DIR) + protocol.json + result.json
 
 An arm is a config file plus KEY VALUE overrides; ``needs`` says which hand-overs it takes ("text": Stage I's
-T -> MODEL.DPMPP.TEXT_PROTOTYPES; "sps": Stage II's SPS -> SPT.SPS_WEIGHTS). Finished runs are reused, an
-interrupted one resumes; a failed one is logged and the others go on.
+T -> MODEL.DPMPP.TEXT_PROTOTYPES; "sps": Stage II's SPS -> SPT.SPS_WEIGHTS). Stages and runs share the ``jobs``
+workers: a run waits only for the stages it needs, and runs that need none train while the stages run. Finished
+runs are reused, an interrupted one resumes; a failed one is logged and the others go on.
 """
 import json
 import logging
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,28 +85,47 @@ def _stage_dirs(exp, seed, train_root):
                        tools_dir=exp.tools_dir)[:2]
 
 
-def _prepare_stages(exp, train_root):
+class _StageGate:
+    """A Stage I / II run that arm jobs wait for: they may be taken by another worker while the stage runs."""
+
+    def __init__(self, stage):
+        self.stage, self.error = stage, None
+        self.finished = threading.Event()
+        if stage.done():
+            self.finished.set()
+
+    def run(self):
+        try:
+            return run_stage(self.stage, os.path.join(self.stage.output_dir, "stage.log"), show_progress=False)
+        except Exception as error:
+            self.error = error
+            raise
+        finally:
+            self.finished.set()
+
+    def wait(self):
+        self.finished.wait()
+        if self.error is not None or not self.stage.done():
+            raise RuntimeError(f"Stage {self.stage.name} did not finish ({self.error}); see "
+                               f"{os.path.join(self.stage.output_dir, 'stage.log')}")
+
+
+def _stage_gates(exp, train_root):
+    """{seed: {"text": gate of Stage I, "sps": gate of Stage II}} for the hand-overs some arm needs."""
     needs = {n for arm in exp.arms for n in arm.needs}
-    stages, jobs = {}, []
+    gates = {}
     for seed in exp.seeds:
         stage1, stage2 = _stage_dirs(exp, seed, train_root)
-        stages[seed] = (stage1, stage2)
-        for stage, need in ((stage1, "text"), (stage2, "sps")):
-            if need in needs and not stage.done():
-                log = os.path.join(stage.output_dir, "stage.log")
-                jobs.append((f"seed {seed} {stage.name}", lambda s=stage, log=log: run_stage(s, log, show_progress=False)))
-    if jobs:
-        _run_parallel(jobs, exp.jobs, lambda seconds: f"{seconds:.0f} s")
-    return stages
+        gates[seed] = {need: _StageGate(stage) for need, stage in (("text", stage1), ("sps", stage2)) if need in needs}
+    return gates
 
 
-def _arm_opts(exp, arm, seed, train_root, stages):
-    stage1, stage2 = stages[seed]
+def _arm_opts(exp, arm, seed, train_root, gates):
     opts = list(exp.opts) + ["DATASETS.ROOT", train_root, "SEED", seed] + list(arm.opts)
     if "text" in arm.needs:
-        opts += ["MODEL.DPMPP.TEXT_PROTOTYPES", stage1.artifact_path]
+        opts += ["MODEL.DPMPP.TEXT_PROTOTYPES", gates[seed]["text"].stage.artifact_path]
     if "sps" in arm.needs:
-        opts += ["SPT.ENABLED", "True", "SPT.SPS_WEIGHTS", stage2.artifact_path]
+        opts += ["SPT.ENABLED", "True", "SPT.SPS_WEIGHTS", gates[seed]["sps"].stage.artifact_path]
     return opts
 
 
@@ -124,13 +145,13 @@ def _evaluate(trained_dir, run_dir, exp, log_path, interpolate=1.0):
         raise RuntimeError(f"protocol evaluation failed (exit {code}); see {log_path}")
 
 
-def _train_and_evaluate(exp, arm, seed, train_root, stages):
+def _train_and_evaluate(exp, arm, seed, train_root, gates):
     run_dir, trained_dir = arm.run_dir(exp.root, seed), arm.trained_dir(exp.root, seed)
     os.makedirs(run_dir, exist_ok=True)
     log, seconds = os.path.join(run_dir, "train.log"), 0.0
     if not arm.weights_of:
         stage = Stage(f"{arm.name}/seed{seed}", "train_net.py", arm.config, run_dir, "model_final.pth",
-                      _arm_opts(exp, arm, seed, train_root, stages), tools_dir=exp.tools_dir)
+                      _arm_opts(exp, arm, seed, train_root, gates), tools_dir=exp.tools_dir)
         seconds = 0.0 if stage.done() else run_stage(stage, log, show_progress=False)
     elif not os.path.isfile(os.path.join(trained_dir, "model_final.pth")):
         raise RuntimeError(f"arm {arm.name} evaluates {arm.weights_of}, whose run {trained_dir} has no model_final.pth")
@@ -142,23 +163,53 @@ def _train_and_evaluate(exp, arm, seed, train_root, stages):
     return result
 
 
+def _finished(exp, arm, seed):
+    return os.path.isfile(os.path.join(arm.run_dir(exp.root, seed), "result.json"))
+
+
+def _arm_job(exp, arm, seed, train_root, gates):
+    def job():
+        for need in arm.needs:
+            gates[seed][need].wait()
+        return _train_and_evaluate(exp, arm, seed, train_root, gates)
+    return (arm.name, seed), job
+
+
+def _training_jobs(exp, train_root, gates):
+    """(key, callable) of every unfinished stage and trained arm, in the order the workers take them: each
+    Stage I, then the arms that need no stage (they train while Stage II runs), then each Stage II, then the arms
+    that need it, then the rest. A job waits for the stages it needs, which were always taken before it (a worker
+    never waits for a job still queued)."""
+    def arm_jobs(select):
+        return [_arm_job(exp, arm, seed, train_root, gates) for seed in exp.seeds for arm in exp.arms
+                if not arm.weights_of and select(set(arm.needs)) and not _finished(exp, arm, seed)]
+
+    def stage_jobs(need):
+        return [(f"seed {seed} stage {g[need].stage.name}", g[need].run) for seed, g in gates.items()
+                if need in g and not g[need].finished.is_set()]
+
+    return (stage_jobs("text") + arm_jobs(lambda needs: not needs) + stage_jobs("sps")
+            + arm_jobs(lambda needs: "sps" in needs) + arm_jobs(lambda needs: needs == {"text"}))
+
+
+def _describe(result):
+    return f"{result['train_seconds']:.0f} s" if isinstance(result, dict) else f"{result:.0f} s"
+
+
 def run_experiment(exp):
-    """Train and evaluate every (arm, seed) that has no result yet; returns {(arm, seed): result dict}."""
+    """Train and evaluate every (arm, seed) that has no result yet; returns {(arm, seed): protocol results}."""
     train_root = ensure_benchmark(exp.benchmark_dir, exp.training, "val")
     for split in exp.splits:
         ensure_benchmark(exp.benchmark_dir, exp.training, split)
-    stages = _prepare_stages(exp, train_root)
-    for derived in (False, True):   # trained arms first, then those that evaluate another arm's weights
-        jobs = []
-        for seed in exp.seeds:
-            for arm in exp.arms:
-                if bool(arm.weights_of) == derived and \
-                        not os.path.isfile(os.path.join(arm.run_dir(exp.root, seed), "result.json")):
-                    jobs.append(((arm.name, seed),
-                                 lambda arm=arm, seed=seed: _train_and_evaluate(exp, arm, seed, train_root, stages)))
-        logger.info("experiment: %d %s run(s) on %d worker(s)", len(jobs), "evaluation" if derived else "training",
-                    exp.jobs)
-        _run_parallel(jobs, exp.jobs, lambda r: f"{r['train_seconds']:.0f} s")
+    gates = _stage_gates(exp, train_root)
+    jobs = _training_jobs(exp, train_root, gates)
+    logger.info("experiment: %d stage / training run(s) on %d worker(s)", len(jobs), exp.jobs)
+    _run_parallel(jobs, exp.jobs, _describe)
+    derived = [_arm_job(exp, arm, seed, train_root, gates) for seed in exp.seeds for arm in exp.arms
+               if arm.weights_of and not _finished(exp, arm, seed)]
+    if derived:
+        logger.info("experiment: %d evaluation run(s) of trained weights on %d worker(s)", len(derived), exp.jobs)
+        _run_parallel(derived, exp.jobs, _describe)
     return load_results(exp)
 
 

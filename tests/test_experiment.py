@@ -1,0 +1,93 @@
+"""engine/experiment.py's scheduling: Stage I / II and the training runs share one pool of workers; a run starts
+only after the stages it needs have written their artifacts, runs that need no stage train while Stage II runs,
+and a failed stage fails only the runs that need it."""
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+import fastreid_dpmpp  # noqa: F401  (fast-reid import fixes first)
+from fastreid_dpmpp.engine import experiment as E
+from fastreid_dpmpp.engine.pipeline import Stage
+
+
+def _fake_world(tmp_path, monkeypatch, stage_seconds, failing_stage=None):
+    events, lock = [], threading.Lock()
+
+    def record(what):
+        with lock:
+            events.append((time.monotonic(), what))
+
+    def stage_dirs(exp, seed, train_root):
+        return [Stage(name, "unused.py", "unused.yml", str(tmp_path / f"seed{seed}" / name), "artifact.pt")
+                for name in ("I", "II")]
+
+    def run_stage(stage, log_file, show_progress=True):
+        record(("start", stage.name))
+        time.sleep(stage_seconds[stage.name])
+        if stage.name == failing_stage:
+            record(("fail", stage.name))
+            raise RuntimeError(f"stage {stage.name} broke")
+        os.makedirs(stage.output_dir, exist_ok=True)
+        open(stage.artifact_path, "w").close()
+        record(("end", stage.name))
+        return stage_seconds[stage.name]
+
+    def train_and_evaluate(exp, arm, seed, train_root, gates):
+        record(("start", arm.name))
+        time.sleep(0.05)
+        record(("end", arm.name))
+        return dict(train_seconds=0.05)
+
+    monkeypatch.setattr(E, "ensure_benchmark", lambda root, training, split: str(tmp_path / split))
+    monkeypatch.setattr(E, "_stage_dirs", stage_dirs)
+    monkeypatch.setattr(E, "run_stage", run_stage)
+    monkeypatch.setattr(E, "_train_and_evaluate", train_and_evaluate)
+    arms = [E.Arm("dpmpp", "c.yml", needs=("text", "sps")), E.Arm("baseline", "c.yml"),
+            E.Arm("dpm", "c.yml", needs=("text",))]
+    exp = E.Experiment(arms=arms, seeds=[0], training="occluded", root=str(tmp_path / "runs"),
+                       benchmark_dir=str(tmp_path), stage_config="unused.yml", splits=("test1",), jobs=2)
+    return exp, events
+
+
+def _time(events, what):
+    return next(t for t, w in events if w == what)
+
+
+def test_runs_wait_for_their_stages_and_independent_runs_fill_the_stage_time(tmp_path, monkeypatch):
+    exp, events = _fake_world(tmp_path, monkeypatch, {"I": 0.5, "II": 0.6})
+    gates = E._stage_gates(exp, "train")
+    keys = [key for key, _ in E._training_jobs(exp, "train", gates)]
+    assert keys == ["seed 0 stage I", ("baseline", 0), "seed 0 stage II", ("dpmpp", 0), ("dpm", 0)]
+    E.run_experiment(exp)
+    assert _time(events, ("start", "baseline")) < _time(events, ("end", "I"))      # trains beside Stage I
+    assert _time(events, ("start", "dpmpp")) >= _time(events, ("end", "II"))
+    assert _time(events, ("start", "dpm")) >= _time(events, ("end", "I"))
+    assert _time(events, ("start", "II")) < _time(events, ("end", "I"))          # the baseline's worker took it
+
+
+def test_a_failed_stage_fails_only_the_runs_that_need_it(tmp_path, monkeypatch):
+    exp, events = _fake_world(tmp_path, monkeypatch, {"I": 0.05, "II": 0.1}, failing_stage="II")
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("fastreid")   # fast-reid's setup_logger stops propagation: listen here
+    logger.addHandler(handler)
+    try:
+        E.run_experiment(exp)
+    finally:
+        logger.removeHandler(handler)
+    started = {w[1] for _, w in events if w[0] == "start"}
+    assert {"baseline", "dpm"} <= started and "dpmpp" not in started
+    assert any("('dpmpp', 0) FAILED: Stage II did not finish (stage II broke)" in m for m in messages)
+
+
+def test_finished_stages_are_not_rerun(tmp_path, monkeypatch):
+    exp, events = _fake_world(tmp_path, monkeypatch, {"I": 0.0, "II": 0.0})
+    for stage in E._stage_dirs(exp, 0, "train"):
+        os.makedirs(stage.output_dir)
+        open(stage.artifact_path, "w").close()
+    keys = [key for key, _ in E._training_jobs(exp, "train", E._stage_gates(exp, "train"))]
+    assert keys == [("baseline", 0), ("dpmpp", 0), ("dpm", 0)]
