@@ -7,12 +7,13 @@ The spec (YAML) names the training protocol, the seeds, the arms (config + overr
 arm and the setting (SIE at test, descriptor space, matching) of the headline table; every run is evaluated on
 every split, and a table is written per split: mean ± std over seeds, paired deltas against the reference with
 bootstrap intervals over queries, the random-ranking level. Finished runs are reused; ``--report-only`` trains
-nothing. Trailing KEY VALUE pairs are added to every run (e.g. a smaller budget).
+nothing; ``--arms`` trains a subset. Trailing KEY VALUE pairs are added to every run (e.g. a smaller budget).
 """
 import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 import yaml
 
@@ -53,6 +54,8 @@ def main(argv=None):
     parser.add_argument("--report-dir", default=None, help="default: the output dir")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--arms", nargs="+", default=None, help="train only these arms of the spec (the report "
+                        "shows every arm that has results)")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     setup_logger(name="fastreid")
@@ -61,11 +64,17 @@ def main(argv=None):
     root = os.path.abspath(args.output_dir or os.path.join("output", "experiments", name))
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    exp = Experiment(arms=arms, seeds=[int(s) for s in spec["seeds"]], training=spec["training"], root=root,
+    unknown = sorted(set(args.arms or ()) - {arm.name for arm in arms})
+    if unknown:
+        raise SystemExit(f"error: --arms {unknown}: not an arm of {args.spec} ({[arm.name for arm in arms]})")
+    to_run = [arm for arm in arms if not args.arms or arm.name in args.arms]
+    exp = Experiment(arms=to_run, seeds=[int(s) for s in spec["seeds"]], training=spec["training"], root=root,
                      benchmark_dir=os.path.abspath(args.benchmark_dir), stage_config=stage_config,
                      opts=list(spec.get("opts", [])) + list(args.opts), splits=tuple(spec.get("splits", ("val", "test1", "test2"))),
                      jobs=args.jobs, tools_dir=os.path.dirname(os.path.abspath(__file__)))
-    results = load_results(exp) if args.report_only else run_experiment(exp)
+    if not args.report_only:
+        run_experiment(exp)
+    results = load_results(replace(exp, arms=arms))
     report_dir = args.report_dir or root
     os.makedirs(report_dir, exist_ok=True)
     reference = spec.get("reference", arms[0].name)
