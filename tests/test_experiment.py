@@ -91,3 +91,21 @@ def test_finished_stages_are_not_rerun(tmp_path, monkeypatch):
         open(stage.artifact_path, "w").close()
     keys = [key for key, _ in E._training_jobs(exp, "train", E._stage_gates(exp, "train"))]
     assert keys == [("baseline", 0), ("dpmpp", 0), ("dpm", 0)]
+
+
+def test_compare_trains_the_asked_subset_and_reports_every_arm(tmp_path, monkeypatch):
+    from _tiny import REPO, load_tool_module
+    compare = load_tool_module("compare", "compare_tool_subset")
+    spec = os.path.join(REPO, "projects", "DPMHeadCNN", "dpmhead_cnn_compare.yml")
+    trained, reported = [], []
+    monkeypatch.setattr(compare, "run_experiment", lambda exp: trained.append(exp))
+    monkeypatch.setattr(compare, "load_results", lambda exp: reported.append(exp) or {})
+    monkeypatch.setattr(compare, "protocol_chance", lambda *args: {"mAP": (1.0, 0.1), "Rank-1": (0.5, 0.1)})
+    out = str(tmp_path / "out")
+    compare.main(["--spec", spec, "--output-dir", out, "--arms", "dpm", "bagtricks", "--seeds", "2"])
+    assert [arm.name for arm in trained[0].arms] == ["bagtricks", "dpm"] and trained[0].seeds == [2]
+    assert len(reported[0].arms) == 5 and reported[0].seeds == [1, 2, 3]
+    with pytest.raises(SystemExit, match="not an arm"):
+        compare.main(["--spec", spec, "--output-dir", out, "--arms", "resnet"])
+    with pytest.raises(SystemExit, match="not a seed"):
+        compare.main(["--spec", spec, "--output-dir", out, "--seeds", "7"])

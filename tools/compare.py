@@ -7,7 +7,7 @@ The spec (YAML) names the training protocol, the seeds, the arms (config + overr
 arm and the setting (SIE at test, descriptor space, matching) of the headline table; every run is evaluated on
 every split, and a table is written per split: mean ± std over seeds, paired deltas against the reference with
 bootstrap intervals over queries, the random-ranking level. Finished runs are reused; ``--report-only`` trains
-nothing; ``--arms`` trains a subset. Trailing KEY VALUE pairs are added to every run (e.g. a smaller budget).
+nothing; ``--arms`` / ``--seeds`` train a subset. Trailing KEY VALUE pairs are added to every run (e.g. a smaller budget).
 """
 import argparse
 import json
@@ -56,6 +56,7 @@ def main(argv=None):
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--arms", nargs="+", default=None, help="train only these arms of the spec (the report "
                         "shows every arm that has results)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="train only these seeds of the spec")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     setup_logger(name="fastreid")
@@ -68,13 +69,17 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"error: --arms {unknown}: not an arm of {args.spec} ({[arm.name for arm in arms]})")
     to_run = [arm for arm in arms if not args.arms or arm.name in args.arms]
-    exp = Experiment(arms=to_run, seeds=[int(s) for s in spec["seeds"]], training=spec["training"], root=root,
+    seeds = [int(s) for s in spec["seeds"]]
+    if args.seeds and not set(args.seeds) <= set(seeds):
+        raise SystemExit(f"error: --seeds {sorted(set(args.seeds) - set(seeds))}: not a seed of {args.spec} ({seeds})")
+    exp = Experiment(arms=to_run, seeds=args.seeds or seeds, training=spec["training"], root=root,
                      benchmark_dir=os.path.abspath(args.benchmark_dir), stage_config=stage_config,
                      opts=list(spec.get("opts", [])) + list(args.opts), splits=tuple(spec.get("splits", ("val", "test1", "test2"))),
                      jobs=args.jobs, tools_dir=os.path.dirname(os.path.abspath(__file__)))
     if not args.report_only:
         run_experiment(exp)
-    results = load_results(replace(exp, arms=arms))
+    exp = replace(exp, arms=arms, seeds=seeds)            # the report: every arm and seed with a result
+    results = load_results(exp)
     report_dir = args.report_dir or root
     os.makedirs(report_dir, exist_ok=True)
     reference = spec.get("reference", arms[0].name)
