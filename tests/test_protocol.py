@@ -170,12 +170,16 @@ def test_experiment_evaluates_only_the_asked_spaces_and_sie_settings(tmp_path, m
     exp = E.Experiment(arms=[], seeds=[0], training="occluded", root=str(tmp_path), benchmark_dir="bench",
                        stage_config="unused.yml", splits=("test1",), eval_spaces=("concat_bn",), eval_sie=("off",))
     E._evaluate("run", "run", exp, str(tmp_path / "log"))
-    command = calls[0]
-    assert command[command.index("--sie") + 1:command.index("--spaces")] == ["off"]
-    assert command[command.index("--spaces") + 1:command.index("MODEL.WEIGHTS")] == ["concat_bn"]
     E._evaluate("run", "run", E.Experiment(arms=[], seeds=[0], training="occluded", root=str(tmp_path),
                                            benchmark_dir="bench", stage_config="unused.yml"), str(tmp_path / "log"))
-    assert "--spaces" not in calls[1] and calls[1][calls[1].index("--sie") + 1:][:2] == ["off", "on"]
+    from _tiny import load_tool_module
+    parser = load_tool_module("evaluate_protocol", "evaluate_protocol_parser").build_parser()
+    asked, default = (parser.parse_args(command[2:]) for command in calls)   # what the tool reads from them
+    assert (asked.sie, asked.spaces, asked.splits) == (["off"], ["concat_bn"], ["test1"])
+    assert (default.sie, default.spaces) == (["off", "on"], None)
+    for args in (asked, default):
+        assert args.opts == ["MODEL.WEIGHTS", os.path.join("run", "model_final.pth")]
+        assert args.output == os.path.join("run", "protocol.json")
 
 
 def _fake_protocol(rng, plain, holistic, oracles, queries=20):

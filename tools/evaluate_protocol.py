@@ -22,7 +22,7 @@ from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
 from fastreid_dpmpp.engine.trainer import DPMPPTrainer, with_camera_count
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--splits", nargs="+", default=["val"], choices=sorted(SPLITS))
@@ -37,7 +37,11 @@ def main(argv=None):
     parser.add_argument("--interpolate", type=float, default=1.0,
                         help="WiSE-FT: backbone = (1 - a) * zero-shot (MODEL.VIT.WEIGHTS) + a * fine-tuned (1.0 = off)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     setup_logger(name="fastreid")
     roots = {split: ensure_benchmark(args.benchmark_dir, args.training, split) for split in args.splits}
     cfg = load_config(args.config_file, list(args.opts) + ["DATASETS.ROOT", roots[args.splits[0]]])

@@ -132,11 +132,12 @@ def _arm_opts(exp, arm, seed, train_root, gates):
 def _evaluate(trained_dir, run_dir, exp, log_path, interpolate=1.0):
     command = [sys.executable, os.path.join(tools_dir(exp.tools_dir), "evaluate_protocol.py"), "--config-file",
                os.path.join(trained_dir, "config.yaml"), "--training", exp.training, "--benchmark-dir",
-               exp.benchmark_dir, "--splits", *exp.splits, "--output", os.path.join(run_dir, "protocol.json"),
-               "--interpolate", str(interpolate), "--sie", *exp.eval_sie]
+               exp.benchmark_dir, "--splits", *exp.splits, "--sie", *exp.eval_sie]
     if exp.eval_spaces:
         command += ["--spaces", *exp.eval_spaces]
-    command += ["MODEL.WEIGHTS", os.path.join(trained_dir, "model_final.pth")]
+    # the list-valued options above end at the next "--" option: the KEY VALUE overrides come after a plain one
+    command += ["--output", os.path.join(run_dir, "protocol.json"), "--interpolate", str(interpolate),
+                "MODEL.WEIGHTS", os.path.join(trained_dir, "model_final.pth")]
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
