@@ -29,6 +29,7 @@ from ..evaluation.protocol import bootstrap_interval
 from ..resources import tools_dir
 from .ablation import _run_parallel
 from .pipeline import Stage, plan_stages, run_stage
+from .protocol_eval import ORACLE_KEEP_FRACTIONS
 
 __all__ = ["Arm", "Setting", "run_experiment", "arm_values", "comparison_rows", "comparison_markdown"]
 
@@ -243,7 +244,7 @@ def arm_values(protocol, split, setting):
     matching = setting.matching if setting.matching in space else "plain"
     summary = space[matching]
     per_query = space["per_query_ap"][matching if matching in space["per_query_ap"] else "plain"]
-    oracle = [value["mAP"] for key, value in space.items() if key.startswith("oracle_") and isinstance(value, dict)]
+    oracle = [space[key]["mAP"] for key in (f"oracle_{keep:g}" for keep in ORACLE_KEEP_FRACTIONS) if key in space]
     return dict(mAP=summary["mAP"], R1=summary["Rank-1"], mAP_holistic=space["holistic"]["mAP"],
                 R1_holistic=space["holistic"]["Rank-1"], own_camera=summary["own_camera_top1"],
                 oracle_mAP=max(oracle) if oracle else float("nan"),
