@@ -101,10 +101,18 @@ def test_compare_trains_the_asked_subset_and_reports_every_arm(tmp_path, monkeyp
     monkeypatch.setattr(compare, "run_experiment", lambda exp: trained.append(exp))
     monkeypatch.setattr(compare, "load_results", lambda exp: reported.append(exp) or {})
     monkeypatch.setattr(compare, "protocol_chance", lambda *args: {"mAP": (1.0, 0.1), "Rank-1": (0.5, 0.1)})
+    references = []
+    monkeypatch.setattr(compare, "comparison_rows", lambda *args: references.append(args[-1]) or [])
     out = str(tmp_path / "out")
     compare.main(["--spec", spec, "--output-dir", out, "--arms", "dpm", "bagtricks", "--seeds", "2"])
     assert [arm.name for arm in trained[0].arms] == ["bagtricks", "dpm"] and trained[0].seeds == [2]
     assert len(reported[0].arms) == 5 and reported[0].seeds == [1, 2, 3]
+    assert set(references) == {"bagtricks"}
+    compare.main(["--spec", spec, "--output-dir", out, "--report-only", "--reference", "bagtricks_random"])
+    assert references[-1] == "bagtricks_random" and "against `bagtricks_random`" in open(
+        os.path.join(out, "dpmhead_cnn_compare.md")).read()
+    with pytest.raises(SystemExit, match="not an arm"):
+        compare.main(["--spec", spec, "--output-dir", out, "--report-only", "--reference", "resnet"])
     with pytest.raises(SystemExit, match="not an arm"):
         compare.main(["--spec", spec, "--output-dir", out, "--arms", "resnet"])
     with pytest.raises(SystemExit, match="not a seed"):

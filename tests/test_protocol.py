@@ -83,6 +83,43 @@ def test_masked_query_distance_drops_occluded_channels():
     assert plain[0, 1] < plain[0, 0] and masked[0, 0] < masked[0, 1]
 
 
+def test_masked_query_distance_placements_and_their_use_in_the_protocol(monkeypatch):
+    """Each Table IV placement at test equals its formula computed here in numpy; the protocol evaluation scores
+    the learned masks (not the oracle) with the placement it is given."""
+    rng = np.random.default_rng(0)
+    query, gallery, masks = rng.normal(size=(3, 6)), rng.normal(size=(5, 6)), rng.uniform(0.1, 1.0, (3, 6))
+    q = query / np.linalg.norm(query, axis=1, keepdims=True)
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    raw = (q * masks) @ g.T
+    expected = {("prototype", True): raw / np.sqrt((masks ** 2) @ (g ** 2).T),
+                ("prototype", False): raw, ("feature", False): raw,
+                ("feature", True): raw / np.linalg.norm(q * masks, axis=1, keepdims=True),
+                ("both", False): (q * masks ** 2) @ g.T,
+                ("both", True): ((q * masks ** 2) @ g.T) / np.linalg.norm(q * masks, axis=1, keepdims=True)
+                / np.sqrt((masks ** 2) @ (g ** 2).T)}
+    for placement, similarity in expected.items():
+        np.testing.assert_allclose(P.query_distance(query, gallery, masks, placement=placement), 1 - similarity,
+                                   atol=1e-5, err_msg=str(placement))
+    np.testing.assert_allclose(P.query_distance(query, gallery, masks), 1 - expected[("prototype", True)], atol=1e-5)
+
+    from fastreid_dpmpp.engine import protocol_eval
+    calls, real = [], P.query_distance
+
+    def recording(query, gallery, query_masks=None, masked_dims=None, placement=("prototype", True)):
+        calls.append((query_masks is not None, placement))
+        return real(query, gallery, query_masks, masked_dims, placement)
+
+    monkeypatch.setattr(P, "query_distance", recording)
+    labels = dict(pids=np.arange(3), camids=np.zeros(3, int))
+    data = dict(query=labels, query_holistic=labels, gallery=dict(pids=np.arange(3).repeat(2), camids=np.ones(6, int)))
+    protocol_eval.evaluate_space("v", rng.normal(size=(12, 6)), 6, data, masks=rng.uniform(size=(12, 6)),
+                                 kinds=np.array(["none"] * 3), covered=np.zeros(3), placement=("both", False))
+    plain, learned, oracle = calls[:2], calls[2:4], calls[4:]
+    assert [masked for masked, _ in plain] == [False, False]
+    assert learned == [(True, ("both", False))] * 2
+    assert oracle and all(masked and placement == ("prototype", True) for masked, placement in oracle)
+
+
 def test_descriptor_spaces_pooled_patch_tokens_and_interpolation():
     rng = np.random.default_rng(0)
     features = {"v": rng.normal(size=(5, 8)), "vp": rng.normal(size=(5, 4)), "bn_v": rng.normal(size=(5, 8))}

@@ -7,7 +7,8 @@ The spec (YAML) names the training protocol, the seeds, the arms (config + overr
 arm and the setting (SIE at test, descriptor space, matching) of the headline table; every run is evaluated on
 every split, and a table is written per split: mean ± std over seeds, paired deltas against the reference with
 bootstrap intervals over queries, the random-ranking level. Finished runs are reused; ``--report-only`` trains
-nothing; ``--arms`` / ``--seeds`` train a subset. Trailing KEY VALUE pairs are added to every run (e.g. a smaller budget).
+nothing; ``--arms`` / ``--seeds`` train a subset; ``--reference`` takes the deltas
+against another arm. Trailing KEY VALUE pairs are added to every run (e.g. a smaller budget).
 """
 import argparse
 import json
@@ -57,6 +58,8 @@ def main(argv=None):
     parser.add_argument("--arms", nargs="+", default=None, help="train only these arms of the spec (the report "
                         "shows every arm that has results)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="train only these seeds of the spec")
+    parser.add_argument("--reference", default=None, help="the arm the deltas are taken against (default: the "
+                        "spec's `reference`); with --report-dir, e.g. a report of the random-init arms")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     setup_logger(name="fastreid")
@@ -65,9 +68,10 @@ def main(argv=None):
     root = os.path.abspath(args.output_dir or os.path.join("output", "experiments", name))
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    unknown = sorted(set(args.arms or ()) - {arm.name for arm in arms})
+    unknown = sorted((set(args.arms or ()) | {args.reference or arms[0].name}) - {arm.name for arm in arms})
     if unknown:
-        raise SystemExit(f"error: --arms {unknown}: not an arm of {args.spec} ({[arm.name for arm in arms]})")
+        raise SystemExit(f"error: --arms / --reference {unknown}: not an arm of {args.spec} "
+                         f"({[arm.name for arm in arms]})")
     to_run = [arm for arm in arms if not args.arms or arm.name in args.arms]
     seeds = [int(s) for s in spec["seeds"]]
     if args.seeds and not set(args.seeds) <= set(seeds):
@@ -82,9 +86,9 @@ def main(argv=None):
     results = load_results(exp)
     report_dir = args.report_dir or root
     os.makedirs(report_dir, exist_ok=True)
-    reference = spec.get("reference", arms[0].name)
+    reference = args.reference or spec.get("reference", arms[0].name)
     text, payload = [f"Experiment `{args.spec}` (training protocol {exp.training}, seeds {exp.seeds}, "
-                     f"budget opts {exp.opts})\n"], {}
+                     f"budget opts {exp.opts}, deltas against `{reference}`)\n"], {}
     for setting in settings_of(spec):
         for split in exp.splits:
             rows = comparison_rows(results, arms, exp.seeds, split, setting, reference)

@@ -23,6 +23,7 @@ from ..data.benchmark import benchmark_id, benchmark_record
 from ..data.datasets import OccludedDuke, OccludedDukeHolisticQuery
 from ..data.synthetic import LAYOUT_DIRS, load_meta
 from ..evaluation import protocol as P
+from ..evaluation.masked_evaluator import test_placement
 from ..modeling.stage3_patch_transfer import binarize_saliency, resize_masks
 
 __all__ = ["extract_features", "split_features", "descriptor_spaces", "evaluate_split", "evaluate_model",
@@ -132,8 +133,11 @@ def _mask_diagnostics(masks_occluded, masks_holistic, gallery_masks, gallery_pid
                 same_identity_gap=same_id_gap)
 
 
-def evaluate_space(space, descriptor, mask_dims, data, masks=None, kinds=None, covered=None, keep_per_query=False):
-    """All numbers of one descriptor space: plain, masked, shuffled, oracle; holistic queries; breakdowns."""
+def evaluate_space(space, descriptor, mask_dims, data, masks=None, kinds=None, covered=None, keep_per_query=False,
+                   placement=("prototype", True)):
+    """All numbers of one descriptor space: plain, masked, shuffled, oracle; holistic queries; breakdowns.
+    ``placement`` (side, before_norm) is where the learned query mask acts (TEST.MASKED_MATCHING.PLACEMENT); the
+    oracle masks always act as SPEC §6 says."""
     nq, nh = len(data["query"]["pids"]), len(data["query_holistic"]["pids"])
     q, h, g = descriptor[:nq], descriptor[nq:nq + nh], descriptor[nq + nh:]
     query, holistic, gallery = data["query"], data["query_holistic"], data["gallery"]
@@ -146,8 +150,8 @@ def evaluate_space(space, descriptor, mask_dims, data, masks=None, kinds=None, c
     per_query = {"plain": metrics["ap"].tolist()}
     if masks is not None and mask_dims is not None:
         mq = masks[:nq]
-        masked, out["masked"] = _scored(P.query_distance(q, g, mq, masked_dims=mask_dims), query, gallery)
-        _, out["masked_shuffled"] = _scored(P.query_distance(q, g, P.shuffled_rows(mq), masked_dims=mask_dims),
+        masked, out["masked"] = _scored(P.query_distance(q, g, mq, mask_dims, placement), query, gallery)
+        _, out["masked_shuffled"] = _scored(P.query_distance(q, g, P.shuffled_rows(mq), mask_dims, placement),
                                             query, gallery, with_ci=False)
         out["masked_vs_plain"] = P.paired_delta(metrics, masked)
         per_query["masked"] = masked["ap"].tolist()
@@ -180,7 +184,7 @@ def evaluate_split(model, cfg, root, sie_settings=(False, True), spaces=None, sp
             if spaces and space not in spaces:
                 continue
             result[key][space] = evaluate_space(space, descriptor, mask_dims, data, masks, kinds, covered,
-                                                keep_per_query=True)
+                                                keep_per_query=True, placement=test_placement(cfg))
         if masks is not None:
             nq, nh = len(data["query"]["pids"]), len(data["query_holistic"]["pids"])
             gallery_kinds, _ = _image_meta(root, data["gallery"]["paths"])

@@ -28,11 +28,14 @@ def cosine_distance(query, gallery):
     return (1.0 - q @ g.t()).numpy()
 
 
-def query_distance(query, gallery, query_masks=None, masked_dims=None):
-    """Plain cosine distance, or SPEC §6's masked distance with the query's masks when given."""
+def query_distance(query, gallery, query_masks=None, masked_dims=None, placement=("prototype", True)):
+    """Plain cosine distance, or the masked distance with the query's masks when given: SPEC §6 by default,
+    another Table IV placement with ``placement`` = (side, before_norm)."""
     if query_masks is None:
         return cosine_distance(query, gallery)
-    return masked_distance(_tensor(query), _tensor(gallery), _tensor(query_masks), masked_dims=masked_dims).numpy()
+    side, before_norm = placement
+    return masked_distance(_tensor(query), _tensor(gallery), _tensor(query_masks), masked_dims=masked_dims,
+                           side=side, before_norm=before_norm).numpy()
 
 
 def per_query_metrics(dist, query_pids, gallery_pids, query_camids, gallery_camids):
