@@ -7,8 +7,8 @@ The spec (YAML) names the training protocol, the seeds, the arms (config + overr
 arm and the setting (SIE at test, descriptor space, matching) of the headline table; every run is evaluated on
 every split, and a table is written per split: mean ± std over seeds, paired deltas against the reference with
 bootstrap intervals over queries, the random-ranking level. Finished runs are reused; ``--report-only`` trains
-nothing; ``--arms`` / ``--seeds`` train a subset; ``--reference`` takes the deltas
-against another arm. Trailing KEY VALUE pairs are added to every run (e.g. a smaller budget).
+nothing; ``--arms`` / ``--seeds`` train a subset; ``--reference`` takes the deltas against
+another arm. Trailing KEY VALUE pairs are added to every run (e.g. a smaller budget).
 """
 import argparse
 import json
@@ -68,7 +68,8 @@ def main(argv=None):
     root = os.path.abspath(args.output_dir or os.path.join("output", "experiments", name))
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    unknown = sorted((set(args.arms or ()) | {args.reference or arms[0].name}) - {arm.name for arm in arms})
+    reference = args.reference or spec.get("reference", arms[0].name)
+    unknown = sorted((set(args.arms or ()) | {reference}) - {arm.name for arm in arms})
     if unknown:
         raise SystemExit(f"error: --arms / --reference {unknown}: not an arm of {args.spec} "
                          f"({[arm.name for arm in arms]})")
@@ -86,7 +87,6 @@ def main(argv=None):
     results = load_results(exp)
     report_dir = args.report_dir or root
     os.makedirs(report_dir, exist_ok=True)
-    reference = args.reference or spec.get("reference", arms[0].name)
     text, payload = [f"Experiment `{args.spec}` (training protocol {exp.training}, seeds {exp.seeds}, "
                      f"budget opts {exp.opts}, deltas against `{reference}`)\n"], {}
     for setting in settings_of(spec):

@@ -24,6 +24,7 @@ from ..data.datasets import OccludedDuke, OccludedDukeHolisticQuery
 from ..data.synthetic import LAYOUT_DIRS, load_meta
 from ..evaluation import protocol as P
 from ..evaluation.masked_evaluator import test_placement
+from ..evaluation.masked_matching import SPEC_PLACEMENT
 from ..modeling.stage3_patch_transfer import binarize_saliency, resize_masks
 
 __all__ = ["extract_features", "split_features", "descriptor_spaces", "evaluate_split", "evaluate_model",
@@ -134,7 +135,7 @@ def _mask_diagnostics(masks_occluded, masks_holistic, gallery_masks, gallery_pid
 
 
 def evaluate_space(space, descriptor, mask_dims, data, masks=None, kinds=None, covered=None, keep_per_query=False,
-                   placement=("prototype", True)):
+                   placement=SPEC_PLACEMENT):
     """All numbers of one descriptor space: plain, masked, shuffled, oracle; holistic queries; breakdowns.
     ``placement`` (side, before_norm) is where the learned query mask acts (TEST.MASKED_MATCHING.PLACEMENT); the
     oracle masks always act as SPEC §6 says."""

@@ -21,7 +21,7 @@ from fastreid.evaluation.query_expansion import aqe
 
 from ..model_outputs import pack_descriptor_and_mask, unpack_descriptor_and_mask
 from .distance_evaluator import DistanceReidEvaluator
-from .masked_matching import DISTANCES, blocked_masked_distance, build_gallery_index, masked_search
+from .masked_matching import DISTANCES, SPEC_PLACEMENT, blocked_masked_distance, build_gallery_index, masked_search
 from .rerank import reranked_distance
 
 __all__ = ["DistanceReidEvaluator", "MaskedReidEvaluator", "pack_descriptor_and_mask", "unpack_descriptor_and_mask",
@@ -141,7 +141,7 @@ def test_placement(cfg):
     if placement not in PLACEMENTS:
         raise ValueError(f"TEST.MASKED_MATCHING.PLACEMENT must be one of {PLACEMENTS}, got {placement!r}")
     if placement == "gallery":
-        return "prototype", True
+        return SPEC_PLACEMENT
     return cfg.MODEL.DPMPP.MASK_SIDE, bool(cfg.MODEL.DPMPP.MASK_BEFORE_NORM)
 
 
@@ -176,7 +176,7 @@ class MaskedReidEvaluator(DistanceReidEvaluator):
                         cfg.TEST.METRIC, self.distance)
         self.candidates, self.index_type, self.candidate_factor = _candidate_options(cfg)
         self.side, self.before_norm = test_placement(cfg)
-        if self.candidates > 0 and (self.side, self.before_norm) != ("prototype", True):
+        if self.candidates > 0 and (self.side, self.before_norm) != SPEC_PLACEMENT:
             raise ValueError("TEST.MASKED_MATCHING.CANDIDATES > 0 re-scores FAISS candidates with SPEC §6's placement "
                              "only: set TEST.MASKED_MATCHING.PLACEMENT 'gallery' or CANDIDATES 0")
 

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 
 from ..masked_cosine import masked_cosine
 
-__all__ = ["DISTANCES", "CANDIDATE_QUERIES", "masked_similarity", "masked_distance", "blocked_masked_distance",
+__all__ = ["DISTANCES", "SPEC_PLACEMENT", "CANDIDATE_QUERIES", "masked_similarity", "masked_distance", "blocked_masked_distance",
            "masked_topk", "build_gallery_index", "masked_search"]
 
 DISTANCES = ("cosine", "angular")
+SPEC_PLACEMENT = ("prototype", True)   # (side, before_norm) of SPEC §6: normalize(m ⊙ ĝ)
 
 
 def _full_width_masks(query_masks, descriptor_dim, masked_dims):

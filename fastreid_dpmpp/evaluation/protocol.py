@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .masked_matching import masked_distance
+from .masked_matching import SPEC_PLACEMENT, masked_distance
 
 __all__ = ["cosine_distance", "query_distance", "per_query_metrics", "summarize", "bootstrap_interval",
            "paired_delta", "breakdown", "coverage_bins", "own_camera_top1_share", "oracle_channel_masks",
@@ -28,7 +28,7 @@ def cosine_distance(query, gallery):
     return (1.0 - q @ g.t()).numpy()
 
 
-def query_distance(query, gallery, query_masks=None, masked_dims=None, placement=("prototype", True)):
+def query_distance(query, gallery, query_masks=None, masked_dims=None, placement=SPEC_PLACEMENT):
     """Plain cosine distance, or the masked distance with the query's masks when given: SPEC §6 by default,
     another Table IV placement with ``placement`` = (side, before_norm)."""
     if query_masks is None:
