@@ -28,7 +28,7 @@ from ..evaluation.masked_matching import SPEC_PLACEMENT
 from ..modeling.stage3_patch_transfer import binarize_saliency, resize_masks
 
 __all__ = ["extract_features", "split_features", "descriptor_spaces", "evaluate_split", "evaluate_model",
-           "interpolate_backbone", "pooled_patch_tokens", "ORACLE_KEEP_FRACTIONS"]
+           "interpolate_backbone", "pooled_patch_tokens", "image_meta", "ORACLE_KEEP_FRACTIONS"]
 
 logger = logging.getLogger("fastreid.dpmpp.protocol_eval")
 
@@ -46,20 +46,25 @@ def pooled_patch_tokens(tokens, saliency, grid, sps_grid):
 
 
 @torch.no_grad()
-def extract_features(model, cfg, items, use_cameras, sps_model=None):
+def extract_features(model, cfg, items, use_cameras, sps_model=None, patch_tokens=False):
     """Named features of ``items`` [(path, pid, camid)] with fast-reid's test transforms, as numpy arrays; with a
-    frozen SPS model, also the spatial-visibility reference (``pooled_patch_tokens``)."""
+    frozen SPS model, also the spatial-visibility reference (``pooled_patch_tokens``); with ``patch_tokens``, the
+    last block's patch tokens (B, N, W) themselves."""
     dataset = CommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
     loader, _ = build_reid_test_loader(test_set=dataset, test_batch_size=cfg.TEST.IMS_PER_BATCH, num_query=0,
                                        num_workers=cfg.DATALOADER.NUM_WORKERS)
     model.eval()
     collected = {}
     for batch in loader:
-        features = model.named_features(batch, use_cameras=use_cameras, with_patch_tokens=sps_model is not None)
+        features = model.named_features(batch, use_cameras=use_cameras,
+                                        with_patch_tokens=patch_tokens or sps_model is not None)
         if sps_model is not None:
             saliency = sps_model.saliency(model.preprocess_image(batch), None)
-            features.update(pooled_patch_tokens(features.pop("patch_tokens"), saliency, model.backbone.grid_size,
-                                                sps_model.grid_size))
+            pooled = pooled_patch_tokens(features["patch_tokens"], saliency, model.backbone.grid_size,
+                                         sps_model.grid_size)
+            features.update(pooled)
+            if not patch_tokens:
+                del features["patch_tokens"]
         for name, value in features.items():
             collected.setdefault(name, []).append(value.float().cpu())
     return {name: torch.cat(values).numpy() for name, values in collected.items()}
@@ -70,14 +75,15 @@ def _labels(items):
     return list(paths), np.asarray(pids), np.asarray(camids)
 
 
-def split_features(model, cfg, root, use_cameras, sps_model=None):
-    """{"query", "query_holistic", "gallery"}: dict(features=..., paths, pids, camids) of one benchmark root."""
+def split_features(model, cfg, root, use_cameras, sps_model=None, patch_tokens=False):
+    """{"query", "query_holistic", "gallery"}: dict(features=..., paths, pids, camids) of one benchmark root
+    (``extract_features``' options)."""
     occluded, holistic = OccludedDuke(root=root), OccludedDukeHolisticQuery(root=root)
     out = {}
     for name, items in (("query", occluded.query), ("query_holistic", holistic.query), ("gallery", occluded.gallery)):
         paths, pids, camids = _labels(items)
-        out[name] = dict(features=extract_features(model, cfg, items, use_cameras, sps_model), paths=paths, pids=pids,
-                         camids=camids)
+        out[name] = dict(features=extract_features(model, cfg, items, use_cameras, sps_model, patch_tokens),
+                         paths=paths, pids=pids, camids=camids)
     return out
 
 
@@ -103,7 +109,7 @@ def descriptor_spaces(features):
     return spaces
 
 
-def _image_meta(root, paths):
+def image_meta(root, paths):
     """Occluder kind ("none" if unoccluded) and covered body fraction of each image (the benchmark's meta.json)."""
     layout = os.path.join(root, LAYOUT_DIRS["occluded_duke"])
     images = load_meta(layout)["images"]
@@ -175,7 +181,7 @@ def evaluate_split(model, cfg, root, sie_settings=(False, True), spaces=None, sp
     result = {}
     for use_cameras in sie_settings if has_sie else (False,):
         data = split_features(model, cfg, root, use_cameras, sps_model)
-        kinds, covered = _image_meta(root, data["query"]["paths"])
+        kinds, covered = image_meta(root, data["query"]["paths"])
         stacked = {name: np.concatenate([data[s]["features"][name] for s in ("query", "query_holistic", "gallery")])
                    for name in data["query"]["features"]}
         masks = stacked.get("mask")
@@ -188,7 +194,7 @@ def evaluate_split(model, cfg, root, sie_settings=(False, True), spaces=None, sp
                                                 keep_per_query=True, placement=test_placement(cfg))
         if masks is not None:
             nq, nh = len(data["query"]["pids"]), len(data["query_holistic"]["pids"])
-            gallery_kinds, _ = _image_meta(root, data["gallery"]["paths"])
+            gallery_kinds, _ = image_meta(root, data["gallery"]["paths"])
             result[key]["mask_diagnostics"] = _mask_diagnostics(masks[:nq], masks[nq:nq + nh], masks[nq + nh:],
                                                                 data["gallery"]["pids"], gallery_kinds == "none")
     return result

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from .masked_matching import SPEC_PLACEMENT, masked_distance
 
 __all__ = ["cosine_distance", "query_distance", "per_query_metrics", "summarize", "bootstrap_interval",
-           "paired_delta", "breakdown", "coverage_bins", "own_camera_top1_share", "oracle_channel_masks",
+           "paired_delta", "breakdown", "coverage_bins", "own_camera_top1_share", "channel_change",
+           "keep_least_changed", "oracle_channel_masks",
            "shuffled_rows", "COVERAGE_BINS"]
 
 COVERAGE_BINS = (0.2, 0.3, 0.4, 0.5, 0.6)
@@ -133,19 +134,27 @@ def chance_own_camera_share(query_camids, gallery_camids):
     return 100.0 * float(np.mean([(g == c).mean() for c in q]))
 
 
+def channel_change(occluded, holistic):
+    """(Q, D) |q̂_occ − q̂_hol|: how much each channel of the L2-normalised query moves under its occluder."""
+    return (F.normalize(_tensor(occluded), dim=1) - F.normalize(_tensor(holistic), dim=1)).abs().numpy()
+
+
+def keep_least_changed(change, keep_fraction):
+    """Per row, a 0/1 mask keeping the ``keep_fraction`` of channels with the smallest ``change`` (Q, D)."""
+    if not 0 < keep_fraction <= 1:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    change = _tensor(change)
+    keep = max(1, int(round(keep_fraction * change.shape[1])))
+    masks = torch.zeros_like(change)
+    masks.scatter_(1, change.argsort(dim=1)[:, :keep], 1.0)
+    return masks.numpy()
+
+
 def oracle_channel_masks(occluded, holistic, keep_fraction):
     """Per query, a 0/1 mask keeping the ``keep_fraction`` of channels that change least between the occluded
     query and its unoccluded twin (both L2-normalised): |q̂_occ − q̂_hol| smallest. An upper reference for what a
     channel mask computed from the query could reach; it uses the twin, which no method sees."""
-    if not 0 < keep_fraction <= 1:
-        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    occ, hol = F.normalize(_tensor(occluded), dim=1), F.normalize(_tensor(holistic), dim=1)
-    change = (occ - hol).abs()
-    keep = max(1, int(round(keep_fraction * change.shape[1])))
-    order = change.argsort(dim=1)
-    masks = torch.zeros_like(change)
-    masks.scatter_(1, order[:, :keep], 1.0)
-    return masks.numpy()
+    return keep_least_changed(channel_change(occluded, holistic), keep_fraction)
 
 
 def shuffled_rows(array, seed=0):

@@ -1,0 +1,139 @@
+"""The mask-predictability analysis (fastreid_dpmpp/analysis/mask_predictability.py, tools/mask_predictability.py):
+each predictor against an independent computation, the scoring rows, the seed summary, and the tool end to end."""
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from fastreid_dpmpp.analysis import mask_predictability as M
+from fastreid_dpmpp.evaluation import protocol as P
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _inputs(rng, queries=30, dim=8, kinds=("car", "pole", "sign")):
+    q, h = rng.normal(size=(queries, dim)), rng.normal(size=(queries, dim))
+    return M.QueryInputs(q, rng.normal(size=(queries, 3, 4)), [kinds[i % len(kinds)] for i in range(queries)],
+                         np.arange(queries) % 5, np.arange(queries) % 2, h)
+
+
+def test_channel_change_and_keep_least_changed_match_numpy():
+    rng = np.random.default_rng(0)
+    q, h = rng.normal(size=(5, 10)), rng.normal(size=(5, 10))
+    change = np.abs(_unit(q) - _unit(h))
+    np.testing.assert_allclose(P.channel_change(q, h), change, atol=1e-6)
+    masks = P.keep_least_changed(change, 0.3)
+    for row, mask in zip(change, masks):
+        assert set(np.flatnonzero(mask)) == set(np.argsort(row)[:3])
+    np.testing.assert_array_equal(P.oracle_channel_masks(q, h, 0.3), masks)
+    with pytest.raises(ValueError, match="keep_fraction"):
+        P.keep_least_changed(change, 0.0)
+
+
+def test_constant_and_kind_predictors_are_the_fitted_means():
+    rng = np.random.default_rng(1)
+    fit, other = _inputs(rng), _inputs(rng, kinds=("car", "bench"))
+    change = np.abs(_unit(fit.descriptors) - _unit(fit.holistic))
+    predictors = M.fit_predictors(fit, ("constant", "occluder_kind"))
+    np.testing.assert_allclose(predictors["constant"].predict(other), np.tile(change.mean(0), (30, 1)), atol=1e-6)
+    predicted = predictors["occluder_kind"].predict(other)
+    car = np.array(fit.kinds.tolist()) == "car"
+    np.testing.assert_allclose(predicted[0], change[car].mean(0), atol=1e-6)   # other's first query: a car
+    np.testing.assert_allclose(predicted[1], change.mean(0), atol=1e-6)        # an unseen kind: the overall mean
+    with pytest.raises(ValueError, match="unknown mask predictor"):
+        M.fit_predictors(fit, ("ridge",))
+
+
+def test_ridge_predictor_learns_a_linear_change_and_picks_alpha_by_cross_validation():
+    rng = np.random.default_rng(2)
+    weights = rng.normal(size=(12, 6))
+    train_x, test_x = rng.normal(size=(200, 12)), rng.normal(size=(50, 12))
+    ridge = M._Ridge("tokens").fit(SimpleNamespace(tokens=train_x, change=train_x @ weights))
+    predicted = ridge.predict(SimpleNamespace(tokens=test_x))
+    assert np.corrcoef(predicted.ravel(), (test_x @ weights).ravel())[0, 1] > 0.99
+    assert ridge.alpha in M.RIDGE_ALPHAS
+    noise = M._Ridge("tokens").fit(SimpleNamespace(tokens=train_x, change=rng.normal(size=(200, 6))))
+    assert noise.alpha >= 1e3                       # nothing to learn: cross-validation shrinks to the mean
+
+
+class _Knows:
+    """A predictor handed the true change: its mask must be the oracle's."""
+
+    def predict(self, inputs):
+        return inputs.change
+
+
+def test_score_masks_rows_equal_independently_masked_rankings():
+    rng = np.random.default_rng(3)
+    fit, query = _inputs(rng), _inputs(rng)
+    gallery = dict(descriptors=rng.normal(size=(20, 8)), pids=np.arange(20) % 5, camids=np.full(20, 7))
+    predictors = dict(M.fit_predictors(fit, ("constant",)), knows=_Knows())
+    learned = rng.random((30, 4))
+    rows = M.score_masks(predictors, query, gallery, 0.5, learned, 4)
+    assert set(rows) == {"plain", "oracle", "constant", "knows", "learned"}
+    np.testing.assert_array_equal(rows["knows"]["ap"], rows["oracle"]["ap"])
+
+    def ranked(dist):
+        return P.per_query_metrics(dist, query.pids, gallery["pids"], query.camids, gallery["camids"])["ap"]
+
+    mean_change = np.abs(_unit(fit.descriptors) - _unit(fit.holistic)).mean(0)
+    constant = np.zeros(8)
+    constant[np.argsort(mean_change)[:4]] = 1.0
+    q, g = query.descriptors * constant, gallery["descriptors"] * constant
+    np.testing.assert_allclose(rows["constant"]["ap"], ranked(1 - _unit(q) @ _unit(g).T), atol=1e-6)
+    np.testing.assert_allclose(rows["plain"]["ap"], ranked(1 - _unit(query.descriptors) @ _unit(gallery["descriptors"]).T),
+                               atol=1e-6)
+    np.testing.assert_allclose(rows["learned"]["ap"], ranked(P.query_distance(query.descriptors, gallery["descriptors"],
+                                                                              learned, 4)), atol=1e-6)
+
+
+def _result(rng, maps, queries=40):
+    return {"run_dir": "x/seed1", "fit_split": "val", "splits": {"test1": {
+        name: {"mAP": value, "per_query_ap": (rng.random(queries)).tolist()} for name, value in maps.items()}}}
+
+
+def test_summary_rows_mean_std_delta_and_oracle_share(load_tool):
+    tool = load_tool("mask_predictability")
+    rng = np.random.default_rng(4)
+    results = [_result(rng, dict(plain=40.0, constant=40.5, ridge_tokens=41.0 + s, oracle=60.0)) for s in (0, 1, 2)]
+    rows = {row["row"]: row for row in tool.summary_rows(results, "test1")}
+    assert list(rows) == ["plain", "constant", "ridge_tokens", "oracle"]
+    assert rows["ridge_tokens"]["mAP"] == pytest.approx((42.0, 1.0))
+    assert rows["ridge_tokens"]["delta"] == pytest.approx((1.5, 1.0))
+    assert rows["ridge_tokens"]["recovered"][0] == pytest.approx(np.mean([1 / 20, 2 / 20, 3 / 20]))
+    per_query = np.mean([np.subtract(r["splits"]["test1"]["ridge_tokens"]["per_query_ap"],
+                                     r["splits"]["test1"]["constant"]["per_query_ap"]) for r in results], 0)
+    assert rows["ridge_tokens"]["delta_ci"] == pytest.approx(P.bootstrap_interval(100 * per_query))
+    assert "delta" not in rows["constant"] and rows["oracle"]["recovered"][0] == pytest.approx(1.0)
+
+
+def test_tool_end_to_end_on_a_tiny_model(data_root, tmp_path, monkeypatch, load_tool):
+    """Fits on one benchmark root and scores it (the tiny benchmark stands in for val and test1)."""
+    from _tiny import TINY_INFERENCE_MODEL
+    from fastreid_dpmpp.engine import load_config
+    from fastreid_dpmpp.engine.trainer import DPMPPTrainer
+    tool = load_tool("mask_predictability")
+    monkeypatch.setattr(tool, "ensure_benchmark", lambda base, training, split: data_root)
+    run = tmp_path / "dpm" / "seed1"
+    run.mkdir(parents=True)
+    cfg = load_config(os.path.join("configs", "Synthetic", "dpmpp.yml"),
+                      TINY_INFERENCE_MODEL + ["DATASETS.ROOT", data_root, "MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    torch.save({"model": DPMPPTrainer.build_model(cfg).state_dict()}, run / "model_final.pth")
+    (run / "config.yaml").write_text(cfg.dump())
+    assert tool.main(["--run-dir", str(run), "--eval-splits", "test1"]) == 0
+    result = json.loads((run / tool.RESULT_FILE).read_text())
+    rows = result["splits"]["test1"]
+    assert set(rows) == {"plain", "oracle", "learned", *M.PREDICTORS}
+    assert all(0.0 <= row["mAP"] <= 100.0 for row in rows.values())
+    assert set(result["ridge_alpha"]) == {"ridge_descriptor", "ridge_tokens"}
+    monkeypatch.setattr(tool, "protocol_chance", lambda *a: {"mAP": (1.0, 0.1)})
+    assert tool.main(["--report", str(tmp_path), "--eval-splits", "test1"]) == 0
+    assert "### dpm (seed1)" in (tmp_path / "mask_predictability.md").read_text()
+    with pytest.raises(FileNotFoundError, match="config.yaml not found"):
+        tool.main(["--run-dir", str(tmp_path)])
