@@ -93,21 +93,21 @@ def test_score_masks_rows_equal_independently_masked_rankings():
 
 
 def _result(rng, maps, queries=40):
-    return {"run_dir": "x/seed1", "fit_split": "val", "splits": {"test1": {
-        name: {"mAP": value, "per_query_ap": (rng.random(queries)).tolist()} for name, value in maps.items()}}}
+    return {"run_dir": "x/seed1", "fit_split": "val", "splits": {"test1": {"keep0.5": {
+        name: {"mAP": value, "per_query_ap": (rng.random(queries)).tolist()} for name, value in maps.items()}}}}
 
 
 def test_summary_rows_mean_std_delta_and_oracle_share(load_tool):
     tool = load_tool("mask_predictability")
     rng = np.random.default_rng(4)
     results = [_result(rng, dict(plain=40.0, constant=40.5, ridge_tokens=41.0 + s, oracle=60.0)) for s in (0, 1, 2)]
-    rows = {row["row"]: row for row in tool.summary_rows(results, "test1")}
+    rows = {row["row"]: row for row in tool.summary_rows(results, "test1", 0.5)}
     assert list(rows) == ["plain", "constant", "ridge_tokens", "oracle"]
     assert rows["ridge_tokens"]["mAP"] == pytest.approx((42.0, 1.0))
     assert rows["ridge_tokens"]["delta"] == pytest.approx((1.5, 1.0))
     assert rows["ridge_tokens"]["recovered"][0] == pytest.approx(np.mean([1 / 20, 2 / 20, 3 / 20]))
-    per_query = np.mean([np.subtract(r["splits"]["test1"]["ridge_tokens"]["per_query_ap"],
-                                     r["splits"]["test1"]["constant"]["per_query_ap"]) for r in results], 0)
+    per_query = np.mean([np.subtract(r["splits"]["test1"]["keep0.5"]["ridge_tokens"]["per_query_ap"],
+                                     r["splits"]["test1"]["keep0.5"]["constant"]["per_query_ap"]) for r in results], 0)
     assert rows["ridge_tokens"]["delta_ci"] == pytest.approx(P.bootstrap_interval(100 * per_query))
     assert "delta" not in rows["constant"] and rows["oracle"]["recovered"][0] == pytest.approx(1.0)
 
@@ -126,14 +126,16 @@ def test_tool_end_to_end_on_a_tiny_model(data_root, tmp_path, monkeypatch, load_
     torch.manual_seed(0)
     torch.save({"model": DPMPPTrainer.build_model(cfg).state_dict()}, run / "model_final.pth")
     (run / "config.yaml").write_text(cfg.dump())
-    assert tool.main(["--run-dir", str(run), "--eval-splits", "test1"]) == 0
+    assert tool.main(["--run-dir", str(run), "--eval-splits", "test1", "--keep", "0.5", "1"]) == 0
     result = json.loads((run / tool.RESULT_FILE).read_text())
-    rows = result["splits"]["test1"]
+    rows, everything = result["splits"]["test1"]["keep0.5"], result["splits"]["test1"]["keep1"]
     assert set(rows) == {"plain", "oracle", "learned", *M.PREDICTORS}
     assert all(0.0 <= row["mAP"] <= 100.0 for row in rows.values())
+    for name in ("oracle", *M.PREDICTORS):                 # keeping every channel is plain matching
+        assert everything[name]["per_query_ap"] == pytest.approx(everything["plain"]["per_query_ap"], nan_ok=True)
     assert set(result["ridge_alpha"]) == {"ridge_descriptor", "ridge_tokens"}
     monkeypatch.setattr(tool, "protocol_chance", lambda *a: {"mAP": (1.0, 0.1)})
-    assert tool.main(["--report", str(tmp_path), "--eval-splits", "test1"]) == 0
+    assert tool.main(["--report", str(tmp_path), "--eval-splits", "test1", "--keep", "0.5", "1"]) == 0
     assert "### dpm (seed1)" in (tmp_path / "mask_predictability.md").read_text()
     with pytest.raises(FileNotFoundError, match="config.yaml not found"):
         tool.main(["--run-dir", str(tmp_path)])

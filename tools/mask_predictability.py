@@ -12,6 +12,7 @@ Report over runs (mean ± std over seeds, paired deltas against the constant mas
 """
 import argparse
 import glob
+import itertools
 import json
 import logging
 import os
@@ -47,7 +48,8 @@ def build_parser():
     parser.add_argument("--training", default="occluded")
     parser.add_argument("--benchmark-dir", default="output/benchmark")
     parser.add_argument("--space", default="concat_bn", help="descriptor space (protocol_eval.descriptor_spaces)")
-    parser.add_argument("--keep", type=float, default=0.5, help="fraction of channels every mask keeps")
+    parser.add_argument("--keep", type=float, nargs="+", default=[0.5],
+                        help="fraction(s) of channels every mask keeps (each scored separately)")
     return parser
 
 
@@ -82,21 +84,28 @@ def _split_inputs(model, cfg, root, space):
     return query, gallery, (masks[:nq] if masks is not None else None), mask_dims
 
 
+def _keep_key(keep):
+    return f"keep{keep:g}"
+
+
 def analyse_run(run_dir, args):
     roots = {split: ensure_benchmark(args.benchmark_dir, args.training, split)
              for split in [args.fit_split] + args.eval_splits}
     model, cfg = _load_model(run_dir, roots[args.fit_split])
     fit_inputs, _, _, _ = _split_inputs(model, cfg, roots[args.fit_split], args.space)
     predictors = fit_predictors(fit_inputs)
-    result = dict(run_dir=run_dir, fit_split=args.fit_split, space=args.space, keep=args.keep,
+    result = dict(run_dir=run_dir, fit_split=args.fit_split, space=args.space,
                   ridge_alpha={name: p.alpha for name, p in predictors.items() if hasattr(p, "alpha")}, splits={})
     for split in args.eval_splits:
         query, gallery, masks, mask_dims = _split_inputs(model, cfg, roots[split], args.space)
-        rows = score_masks(predictors, query, gallery, args.keep, masks, mask_dims, test_placement(cfg))
-        result["splits"][split] = {name: dict(P.summarize(metrics), per_query_ap=metrics["ap"].tolist())
-                                   for name, metrics in rows.items()}
-        logger.info("%s %s: %s", run_dir, split, ", ".join(f"{name} {row['mAP']:.1f}"
-                                                            for name, row in result["splits"][split].items()))
+        result["splits"][split] = {}
+        for keep in args.keep:
+            rows = score_masks(predictors, query, gallery, keep, masks, mask_dims, test_placement(cfg))
+            scored = {name: dict(P.summarize(metrics), per_query_ap=metrics["ap"].tolist())
+                      for name, metrics in rows.items()}
+            result["splits"][split][_keep_key(keep)] = scored
+            logger.info("%s %s keep %g: %s", run_dir, split, keep,
+                        ", ".join(f"{name} {row['mAP']:.1f}" for name, row in scored.items()))
     atomic_write_text(json.dumps(result, indent=1), os.path.join(run_dir, RESULT_FILE))
     return result
 
@@ -106,18 +115,22 @@ def _mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def summary_rows(results, split):
+def _share_of_oracle_gain(rows, name):
+    headroom = rows["oracle"]["mAP"] - rows["plain"]["mAP"]
+    return (rows[name]["mAP"] - rows["plain"]["mAP"]) / headroom if headroom > 0 else float("nan")
+
+
+def summary_rows(results, split, keep):
     """Per row of ``ROWS`` present in every result: mAP mean ± std over ``results`` (one per seed), the paired
     delta against the constant mask (per seed; bootstrap interval over queries of the seed-averaged per-query
     AP difference), its reading, and the share of the oracle's gain over plain matching it recovers."""
-    splits = [r["splits"][split] for r in results]
+    splits = [r["splits"][split][_keep_key(keep)] for r in results]
     table = []
     for name in ROWS:
         if not all(name in s for s in splits):
             continue
         row = dict(row=name, mAP=_mean_std([s[name]["mAP"] for s in splits]),
-                   recovered=_mean_std([(s[name]["mAP"] - s["plain"]["mAP"]) / (s["oracle"]["mAP"] - s["plain"]["mAP"])
-                                        for s in splits]))
+                   recovered=_mean_std([_share_of_oracle_gain(s, name) for s in splits]))
         if name != "constant":
             per_query = np.mean([np.subtract(s[name]["per_query_ap"], s["constant"]["per_query_ap"])
                                  for s in splits], axis=0)
@@ -137,18 +150,18 @@ def report(root, args):
         arm = os.path.basename(os.path.dirname(os.path.dirname(path)))
         with open(path) as f:
             by_arm.setdefault(arm, []).append(json.load(f))
-    lines = [f"# Mask predictability ({args.space}, keep {args.keep:g}; predictors fitted on "
-             f"{next(iter(by_arm.values()))[0]['fit_split']})", ""]
-    for split in args.eval_splits:
+    lines = [f"# Mask predictability ({args.space}; predictors fitted on "
+             f"{next(iter(by_arm.values()))[0]['fit_split']}; every mask keeps the same fraction of channels)", ""]
+    for split, keep in itertools.product(args.eval_splits, args.keep):
         chance = protocol_chance(args.benchmark_dir, args.training, split)
-        lines += [f"## {split} (random ranking {chance['mAP'][0]:.1f} mAP)", ""]
+        lines += [f"## {split}, keep {keep:g} (random ranking {chance['mAP'][0]:.1f} mAP)", ""]
         for arm, results in sorted(by_arm.items()):
             seeds = ", ".join(os.path.basename(r["run_dir"].rstrip("/")) for r in results)
             body = [[row["row"], "{:.1f} ± {:.1f}".format(*row["mAP"]),
                      "{:+.1f} ± {:.1f}".format(*row["delta"]) if "delta" in row else "reference",
                      "[{:+.1f}, {:+.1f}]".format(*row["delta_ci"]) if "delta_ci" in row else "",
                      verdict(row), "{:+.2f} ± {:.2f}".format(*row["recovered"])]
-                    for row in summary_rows(results, split)]
+                    for row in summary_rows(results, split, keep)]
             lines += [f"### {arm} ({seeds})", "", tabulate(
                 body, headers=["mask", "mAP occ.", "Δ vs constant (per seed)", "Δ 95% CI (queries)", "reading",
                                "share of oracle gain"], tablefmt="github", disable_numparse=True), ""]
