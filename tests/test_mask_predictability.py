@@ -101,7 +101,7 @@ def test_summary_rows_mean_std_delta_and_oracle_share(load_tool):
     tool = load_tool("mask_predictability")
     rng = np.random.default_rng(4)
     results = [_result(rng, dict(plain=40.0, constant=40.5, ridge_tokens=41.0 + s, oracle=60.0)) for s in (0, 1, 2)]
-    rows = {row["row"]: row for row in tool.summary_rows(results, "test1", 0.5)}
+    rows = {row["row"]: row for row in tool.summary_rows([r["splits"]["test1"]["keep0.5"] for r in results])}
     assert list(rows) == ["plain", "constant", "ridge_tokens", "oracle"]
     assert rows["ridge_tokens"]["mAP"] == pytest.approx((42.0, 1.0))
     assert rows["ridge_tokens"]["delta"] == pytest.approx((1.5, 1.0))
@@ -134,8 +134,56 @@ def test_tool_end_to_end_on_a_tiny_model(data_root, tmp_path, monkeypatch, load_
     for name in ("oracle", *M.PREDICTORS):                 # keeping every channel is plain matching
         assert everything[name]["per_query_ap"] == pytest.approx(everything["plain"]["per_query_ap"], nan_ok=True)
     assert set(result["ridge_alpha"]) == {"ridge_descriptor", "ridge_tokens"}
+    spatial = result["spatial"]["test1"]
+    assert set(spatial) == {*tool.SPATIAL_ROWS, "hidden_share"} and 0.0 < spatial["hidden_share"] < 1.0
+    assert spatial["plain"]["per_query_ap"] == pytest.approx(rows["plain"]["per_query_ap"], nan_ok=True)
     monkeypatch.setattr(tool, "protocol_chance", lambda *a: {"mAP": (1.0, 0.1)})
     assert tool.main(["--report", str(tmp_path), "--eval-splits", "test1", "--keep", "0.5", "1"]) == 0
-    assert "### dpm (seed1)" in (tmp_path / "mask_predictability.md").read_text()
+    written = (tmp_path / "mask_predictability.md").read_text()
+    assert "### dpm (seed1)" in written and "## Spatial reference: test1" in written
     with pytest.raises(FileNotFoundError, match="config.yaml not found"):
         tool.main(["--run-dir", str(tmp_path)])
+
+
+def test_occluder_patches_and_random_control_match_a_loop():
+    from fastreid_dpmpp.analysis.spatial_visibility import occluder_patches, random_patches_like
+    holistic = torch.full((2, 3, 8, 6), 100.0)
+    occluded = holistic.clone()
+    occluded[0, 1, 4:8, 0:4] = 200.0          # an occluder over the lower-left 4x4 pixels of image 0
+    occluded[1, :, 0:2, :] += 10.0            # below the tolerance: JPEG-like noise
+    hidden = occluder_patches(occluded, holistic, patch_size=(4, 4), stride=(2, 2))
+    expected = torch.zeros(2, 3, 2, dtype=torch.bool)
+    for b in range(2):
+        for i in range(3):
+            for j in range(2):
+                window = (occluded[b, :, 2 * i:2 * i + 4, 2 * j:2 * j + 4] - holistic[b, :, 2 * i:2 * i + 4,
+                                                                                  2 * j:2 * j + 4]).abs()
+                expected[b, i, j] = (window.amax(0) > 24).float().mean() > 0.5
+    assert torch.equal(hidden, expected.flatten(1)) and hidden[0].sum() == 1 and hidden[1].sum() == 0
+    random = random_patches_like(torch.tensor([[True, True, False, False, False], [False] * 5]),
+                                 torch.Generator().manual_seed(0))
+    assert random.sum(1).tolist() == [2, 0]
+    with pytest.raises(ValueError, match="differ in shape"):
+        occluder_patches(occluded, holistic[:1], (4, 4), (2, 2))
+
+
+def test_hidden_patches_never_reach_the_class_token():
+    from _tiny import tiny_vit
+    from fastreid_dpmpp.engine import load_config
+    from fastreid_dpmpp.modeling.backbones.clip_vit import build_clip_vit_backbone
+    torch.manual_seed(0)
+    backbone = build_clip_vit_backbone(load_config(os.path.join("configs", "Synthetic", "dpmpp.yml"), tiny_vit())).eval()
+    tokens = torch.randn(2, backbone.num_patches, backbone.width)
+    visible = torch.ones(2, backbone.num_patches, dtype=torch.bool)
+    visible[:, 3] = False
+    changed = tokens.clone()
+    changed[:, 3] = 3.0 * torch.randn(2, backbone.width)
+    with torch.no_grad():
+        everything = backbone.forward_tokens(tokens)["cls"]
+        assert torch.allclose(backbone.forward_tokens(tokens, visible_patches=torch.ones_like(visible))["cls"],
+                              everything, atol=1e-6)
+        hidden = backbone.forward_tokens(tokens, visible_patches=visible)["cls"]
+        assert torch.allclose(backbone.forward_tokens(changed, visible_patches=visible)["cls"], hidden, atol=1e-6)
+        assert not torch.allclose(backbone.forward_tokens(changed)["cls"], everything, atol=1e-3)
+    with pytest.raises(ValueError, match="visible_patches must be"):
+        backbone.forward_tokens(tokens, visible_patches=visible[:, 1:])

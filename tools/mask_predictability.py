@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Can a channel mask computed from the occluded query recover the oracle mask's gain?
-(fastreid_dpmpp/analysis/mask_predictability.py; issue 13.)
+"""Can a channel mask computed from the occluded query recover the oracle mask's gain? And what would hiding the
+occluder's patches from the ViT do instead? (fastreid_dpmpp/analysis/mask_predictability.py and
+spatial_visibility.py; issue 13.)
 
-Per trained run: fit the mask predictors on one split's queries and twins, score them on other splits:
+Per trained run: fit the channel-mask predictors on one split's queries and twins, score them on other splits,
+and score the spatial reference (the occluder's patches, or as many random ones, hidden from attention):
 
     python tools/mask_predictability.py --run-dir output/experiments/mask_predictability/dpm/seed1
 
@@ -20,21 +22,25 @@ import sys
 
 import fastreid_dpmpp  # noqa: F401
 import numpy as np
+import torch
 from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.analysis.mask_predictability import PREDICTORS, QueryInputs, fit_predictors, score_masks
+from fastreid_dpmpp.analysis.spatial_visibility import occluder_patches, random_patches_like
 from fastreid_dpmpp.checkpoint import atomic_write_text
 from fastreid_dpmpp.data.benchmark import SPLITS, ensure_benchmark
 from fastreid_dpmpp.engine.defaults import load_config
 from fastreid_dpmpp.engine.experiment import protocol_chance, verdict
-from fastreid_dpmpp.engine.protocol_eval import descriptor_spaces, image_meta, split_features
+from fastreid_dpmpp.data.datasets import OccludedDuke, OccludedDukeHolisticQuery
+from fastreid_dpmpp.engine.protocol_eval import descriptor_spaces, image_meta, split_features, test_loader
 from fastreid_dpmpp.engine.trainer import DPMPPTrainer, with_camera_count
 from fastreid_dpmpp.evaluation import protocol as P
 from fastreid_dpmpp.evaluation.masked_evaluator import test_placement
 
 RESULT_FILE = "mask_predictability.json"
 ROWS = ("plain", "learned") + PREDICTORS + ("oracle",)
+SPATIAL_ROWS = ("plain", "spatial_random", "spatial_oracle", "holistic")
 logger = logging.getLogger("fastreid.dpmpp.mask_predictability")
 
 
@@ -84,6 +90,42 @@ def _split_inputs(model, cfg, root, space):
     return query, gallery, (masks[:nq] if masks is not None else None), mask_dims
 
 
+@torch.no_grad()
+def _spatial_descriptors(model, root, cfg, space, seed=0):
+    """{"spatial_oracle" | "spatial_random": (Q, W) descriptors of the occluded queries with the occluder's patches
+    (or as many random ones) hidden from attention; "hidden_share": mean share of patches hidden}. An image whose
+    every patch would be hidden keeps them all."""
+    backbone, generator = model.backbone, torch.Generator().manual_seed(seed)
+    loaders = (test_loader(cfg, OccludedDuke(root=root).query),
+               test_loader(cfg, OccludedDukeHolisticQuery(root=root).query))
+    collected, shares = {"spatial_oracle": {}, "spatial_random": {}}, []
+    for occluded, holistic in zip(*loaders):
+        hidden = occluder_patches(occluded["images"], holistic["images"], backbone.patch_size, backbone.stride)
+        shares.append(hidden.float().mean(1))
+        for name, hide in (("spatial_oracle", hidden), ("spatial_random", random_patches_like(hidden, generator))):
+            visible = ~hide
+            visible[~visible.any(1)] = True
+            outputs = backbone.forward_features(model.preprocess_image(occluded), None, visible_patches=visible)
+            for feature, value in model.features_of(outputs).items():
+                collected[name].setdefault(feature, []).append(value.float().cpu())
+    out = {name: descriptor_spaces({k: torch.cat(v).numpy() for k, v in features.items()})[space][0]
+           for name, features in collected.items()}
+    out["hidden_share"] = float(torch.cat(shares).mean())
+    return out
+
+
+def _spatial_rows(query, gallery, spatial):
+    def scored(descriptors):
+        return P.per_query_metrics(P.query_distance(descriptors, gallery["descriptors"]), query.pids, gallery["pids"],
+                                   query.camids, gallery["camids"])
+    return {"plain": scored(query.descriptors), "spatial_random": scored(spatial["spatial_random"]),
+            "spatial_oracle": scored(spatial["spatial_oracle"]), "holistic": scored(query.holistic)}
+
+
+def _as_json(rows):
+    return {name: dict(P.summarize(metrics), per_query_ap=metrics["ap"].tolist()) for name, metrics in rows.items()}
+
+
 def _keep_key(keep):
     return f"keep{keep:g}"
 
@@ -95,14 +137,18 @@ def analyse_run(run_dir, args):
     fit_inputs, _, _, _ = _split_inputs(model, cfg, roots[args.fit_split], args.space)
     predictors = fit_predictors(fit_inputs)
     result = dict(run_dir=run_dir, fit_split=args.fit_split, space=args.space,
-                  ridge_alpha={name: p.alpha for name, p in predictors.items() if hasattr(p, "alpha")}, splits={})
+                  ridge_alpha={name: p.alpha for name, p in predictors.items() if hasattr(p, "alpha")}, splits={},
+                  spatial={})
     for split in args.eval_splits:
         query, gallery, masks, mask_dims = _split_inputs(model, cfg, roots[split], args.space)
+        spatial = _spatial_descriptors(model, roots[split], cfg, args.space)
+        result["spatial"][split] = dict(_as_json(_spatial_rows(query, gallery, spatial)),
+                                        hidden_share=spatial["hidden_share"])
+        logger.info("%s %s spatial (%.0f %% of patches hidden): %s", run_dir, split, 100 * spatial["hidden_share"],
+                    ", ".join(f"{name} {result['spatial'][split][name]['mAP']:.1f}" for name in SPATIAL_ROWS))
         result["splits"][split] = {}
         for keep in args.keep:
-            rows = score_masks(predictors, query, gallery, keep, masks, mask_dims, test_placement(cfg))
-            scored = {name: dict(P.summarize(metrics), per_query_ap=metrics["ap"].tolist())
-                      for name, metrics in rows.items()}
+            scored = _as_json(score_masks(predictors, query, gallery, keep, masks, mask_dims, test_placement(cfg)))
             result["splits"][split][_keep_key(keep)] = scored
             logger.info("%s %s keep %g: %s", run_dir, split, keep,
                         ", ".join(f"{name} {row['mAP']:.1f}" for name, row in scored.items()))
@@ -115,33 +161,42 @@ def _mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def _share_of_oracle_gain(rows, name):
-    headroom = rows["oracle"]["mAP"] - rows["plain"]["mAP"]
+def _share_of_gain(rows, name, bound):
+    headroom = rows[bound]["mAP"] - rows["plain"]["mAP"]
     return (rows[name]["mAP"] - rows["plain"]["mAP"]) / headroom if headroom > 0 else float("nan")
 
 
-def summary_rows(results, split, keep):
-    """Per row of ``ROWS`` present in every result: mAP mean ± std over ``results`` (one per seed), the paired
-    delta against the constant mask (per seed; bootstrap interval over queries of the seed-averaged per-query
-    AP difference), its reading, and the share of the oracle's gain over plain matching it recovers."""
-    splits = [r["splits"][split][_keep_key(keep)] for r in results]
+def summary_rows(per_seed, names=ROWS, reference="constant", bound="oracle"):
+    """Per row of ``names`` present in every seed's rows: mAP mean ± std over ``per_seed`` ({row: summary with
+    per_query_ap} per seed), the paired delta against ``reference`` (per seed; bootstrap interval over queries of
+    the seed-averaged per-query AP difference), its reading, and the share of ``bound``'s gain over plain
+    matching it recovers."""
     table = []
-    for name in ROWS:
-        if not all(name in s for s in splits):
+    for name in names:
+        if not all(name in s for s in per_seed):
             continue
-        row = dict(row=name, mAP=_mean_std([s[name]["mAP"] for s in splits]),
-                   recovered=_mean_std([_share_of_oracle_gain(s, name) for s in splits]))
-        if name != "constant":
-            per_query = np.mean([np.subtract(s[name]["per_query_ap"], s["constant"]["per_query_ap"])
-                                 for s in splits], axis=0)
-            row["delta"] = _mean_std([s[name]["mAP"] - s["constant"]["mAP"] for s in splits])
+        row = dict(row=name, mAP=_mean_std([s[name]["mAP"] for s in per_seed]),
+                   recovered=_mean_std([_share_of_gain(s, name, bound) for s in per_seed]))
+        if name != reference:
+            per_query = np.mean([np.subtract(s[name]["per_query_ap"], s[reference]["per_query_ap"])
+                                 for s in per_seed], axis=0)
+            row["delta"] = _mean_std([s[name]["mAP"] - s[reference]["mAP"] for s in per_seed])
             row["delta_ci"] = P.bootstrap_interval(100.0 * per_query[np.isfinite(per_query)])
         table.append(row)
     return table
 
 
-def report(root, args):
+def _table(rows, reference, bound_label):
     from tabulate import tabulate
+    body = [[row["row"], "{:.1f} ± {:.1f}".format(*row["mAP"]),
+             "{:+.1f} ± {:.1f}".format(*row["delta"]) if "delta" in row else "reference",
+             "[{:+.1f}, {:+.1f}]".format(*row["delta_ci"]) if "delta_ci" in row else "",
+             verdict(row), "{:+.2f} ± {:.2f}".format(*row["recovered"])] for row in rows]
+    return tabulate(body, headers=["row", "mAP occ.", f"Δ vs {reference} (per seed)", "Δ 95% CI (queries)",
+                                   "reading", bound_label], tablefmt="github", disable_numparse=True)
+
+
+def report(root, args):
     runs = sorted(glob.glob(os.path.join(root, "*", "seed*", RESULT_FILE)))
     if not runs:
         raise FileNotFoundError(f"--report {root}: no <arm>/seed<k>/{RESULT_FILE} found")
@@ -152,22 +207,27 @@ def report(root, args):
             by_arm.setdefault(arm, []).append(json.load(f))
     lines = [f"# Mask predictability ({args.space}; predictors fitted on "
              f"{next(iter(by_arm.values()))[0]['fit_split']}; every mask keeps the same fraction of channels)", ""]
+    chance = {split: protocol_chance(args.benchmark_dir, args.training, split)["mAP"][0] for split in args.eval_splits}
     for split, keep in itertools.product(args.eval_splits, args.keep):
-        chance = protocol_chance(args.benchmark_dir, args.training, split)
-        lines += [f"## {split}, keep {keep:g} (random ranking {chance['mAP'][0]:.1f} mAP)", ""]
+        lines += [f"## Channel masks: {split}, keep {keep:g} (random ranking {chance[split]:.1f} mAP)", ""]
         for arm, results in sorted(by_arm.items()):
-            seeds = ", ".join(os.path.basename(r["run_dir"].rstrip("/")) for r in results)
-            body = [[row["row"], "{:.1f} ± {:.1f}".format(*row["mAP"]),
-                     "{:+.1f} ± {:.1f}".format(*row["delta"]) if "delta" in row else "reference",
-                     "[{:+.1f}, {:+.1f}]".format(*row["delta_ci"]) if "delta_ci" in row else "",
-                     verdict(row), "{:+.2f} ± {:.2f}".format(*row["recovered"])]
-                    for row in summary_rows(results, split, keep)]
-            lines += [f"### {arm} ({seeds})", "", tabulate(
-                body, headers=["mask", "mAP occ.", "Δ vs constant (per seed)", "Δ 95% CI (queries)", "reading",
-                               "share of oracle gain"], tablefmt="github", disable_numparse=True), ""]
+            rows = summary_rows([r["splits"][split][_keep_key(keep)] for r in results])
+            lines += [f"### {arm} ({_seeds(results)})", "", _table(rows, "constant", "share of oracle gain"), ""]
+    for split in args.eval_splits:
+        lines += [f"## Spatial reference: {split} (random ranking {chance[split]:.1f} mAP)", ""]
+        for arm, results in sorted(by_arm.items()):
+            per_seed = [r["spatial"][split] for r in results]
+            hidden = np.mean([s["hidden_share"] for s in per_seed])
+            rows = summary_rows(per_seed, SPATIAL_ROWS, "spatial_random", "holistic")
+            lines += [f"### {arm} ({_seeds(results)}; {100 * hidden:.0f} % of the patches hidden)", "",
+                      _table(rows, "spatial_random", "share of the occlusion gap closed"), ""]
     text = "\n".join(lines)
     atomic_write_text(text, os.path.join(root, "mask_predictability.md"))
     print(text)
+
+
+def _seeds(results):
+    return ", ".join(os.path.basename(r["run_dir"].rstrip("/")) for r in results)
 
 
 def main(argv=None):

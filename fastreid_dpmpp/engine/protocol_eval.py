@@ -27,8 +27,8 @@ from ..evaluation.masked_evaluator import test_placement
 from ..evaluation.masked_matching import SPEC_PLACEMENT
 from ..modeling.stage3_patch_transfer import binarize_saliency, resize_masks
 
-__all__ = ["extract_features", "split_features", "descriptor_spaces", "evaluate_split", "evaluate_model",
-           "interpolate_backbone", "pooled_patch_tokens", "image_meta", "ORACLE_KEEP_FRACTIONS"]
+__all__ = ["test_loader", "extract_features", "split_features", "descriptor_spaces", "evaluate_split",
+           "evaluate_model", "interpolate_backbone", "pooled_patch_tokens", "image_meta", "ORACLE_KEEP_FRACTIONS"]
 
 logger = logging.getLogger("fastreid.dpmpp.protocol_eval")
 
@@ -45,17 +45,22 @@ def pooled_patch_tokens(tokens, saliency, grid, sps_grid):
             "patch_salient": (salient.unsqueeze(-1) * tokens).sum(1) / salient.sum(1, keepdim=True)}
 
 
+def test_loader(cfg, items):
+    """fast-reid's test loader (test transforms, images in order) over ``items`` [(path, pid, camid)]."""
+    dataset = CommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
+    loader, _ = build_reid_test_loader(test_set=dataset, test_batch_size=cfg.TEST.IMS_PER_BATCH, num_query=0,
+                                       num_workers=cfg.DATALOADER.NUM_WORKERS)
+    return loader
+
+
 @torch.no_grad()
 def extract_features(model, cfg, items, use_cameras, sps_model=None, patch_tokens=False):
     """Named features of ``items`` [(path, pid, camid)] with fast-reid's test transforms, as numpy arrays; with a
     frozen SPS model, also the spatial-visibility reference (``pooled_patch_tokens``); with ``patch_tokens``, the
     last block's patch tokens (B, N, W) themselves."""
-    dataset = CommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
-    loader, _ = build_reid_test_loader(test_set=dataset, test_batch_size=cfg.TEST.IMS_PER_BATCH, num_query=0,
-                                       num_workers=cfg.DATALOADER.NUM_WORKERS)
     model.eval()
     collected = {}
-    for batch in loader:
+    for batch in test_loader(cfg, items):
         features = model.named_features(batch, use_cameras=use_cameras,
                                         with_patch_tokens=patch_tokens or sps_model is not None)
         if sps_model is not None:

@@ -236,8 +236,10 @@ class ReIDViT(nn.Module):
         return self.visual.proj if self.family == "clip" else None
 
     # ---------------------------------------------------------------- attention and blocks
-    def _attention(self, attn: nn.Module, x: torch.Tensor, want_cls_logits: bool):
-        """Multi-head self-attention from the block's own weights.
+    def _attention(self, attn: nn.Module, x: torch.Tensor, want_cls_logits: bool,
+                   key_mask: Optional[torch.Tensor] = None):
+        """Multi-head self-attention from the block's own weights; ``key_mask`` (B, 1, 1, L) bool: the tokens
+        every token may attend to (None: all).
 
         Returns the attention output and, if asked, the class token's pre-softmax logits towards
         the patches, q_cls·k_i / sqrt(d_head), shape (B, h, N).
@@ -255,7 +257,8 @@ class ReIDViT(nn.Module):
         q, k, v = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.family == "vanilla":
             q, k = attn.q_norm(q), attn.k_norm(k)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn_dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                             dropout_p=attn_dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, length, inner)
         if self.family == "clip":
             out = attn.out_proj(out)
@@ -270,12 +273,13 @@ class ReIDViT(nn.Module):
             logits = (q[:, :, :1] @ k[:, :, 1:].transpose(-2, -1)).squeeze(2) * head_dim ** -0.5
         return out, logits
 
-    def _block(self, blk: nn.Module, x: torch.Tensor, drop_path: nn.Module, want_cls_logits: bool):
+    def _block(self, blk: nn.Module, x: torch.Tensor, drop_path: nn.Module, want_cls_logits: bool,
+               key_mask: Optional[torch.Tensor] = None):
         if self.family == "clip":
             norm1, scale1, norm2, scale2 = blk.ln_1, blk.ls_1, blk.ln_2, blk.ls_2
         else:
             norm1, scale1, norm2, scale2 = blk.norm1, blk.ls1, blk.norm2, blk.ls2
-        attn_out, logits = self._attention(blk.attn, norm1(x), want_cls_logits)
+        attn_out, logits = self._attention(blk.attn, norm1(x), want_cls_logits, key_mask)
         x = x + drop_path(scale1(attn_out))
         x = x + drop_path(scale2(blk.mlp(norm2(x))))
         return x, logits
@@ -344,8 +348,11 @@ class ReIDViT(nn.Module):
             tokens = getattr(self.visual.patch_embed, "norm", nn.Identity())(tokens)
         return tokens
 
-    def forward_tokens(self, patch_tokens: torch.Tensor, camids=None) -> Dict[str, object]:
-        """Transformer over patch embeddings (B, N, D) (Eq. 2 and the blocks).
+    def forward_tokens(self, patch_tokens: torch.Tensor, camids=None,
+                       visible_patches: Optional[torch.Tensor] = None) -> Dict[str, object]:
+        """Transformer over patch embeddings (B, N, D) (Eq. 2 and the blocks). ``visible_patches`` (B, N) bool:
+        the patches every token may attend to (the class token always may); the others are left out of all
+        attention, so the class token never sees them (their own outputs are still computed). None: all.
 
         Returns a dict with
           "cls": v (B, D), class token after the final norm;
@@ -364,10 +371,12 @@ class ReIDViT(nn.Module):
         x = torch.cat([cls_token, patch_tokens], dim=1) + self.position_embedding.to(dtype)
         x = self._pre_blocks(self._add_sie(x, camids))
 
+        key_mask = self._key_mask(visible_patches, batch)
         tapped, logits = {}, None
         blocks = self._blocks()
         for index, blk in enumerate(blocks):
-            x, logits = self._block(blk, x, self.drop_paths[index], want_cls_logits=index == len(blocks) - 1)
+            x, logits = self._block(blk, x, self.drop_paths[index], want_cls_logits=index == len(blocks) - 1,
+                                    key_mask=key_mask)
             if index in self.tap_indices:
                 tapped[index] = x[:, 1:]
         taps = [tapped[i] for i in self.tap_indices]
@@ -378,10 +387,20 @@ class ReIDViT(nn.Module):
         return {"cls": cls_feat, "proj": proj, "taps": taps, "patch_tokens": normed[:, 1:],
                 "attn_logits": logits, "grid": self.grid_size}
 
+    def _key_mask(self, visible_patches: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
+        if visible_patches is None:
+            return None
+        if tuple(visible_patches.shape) != (batch, self.num_patches):
+            raise ValueError(f"visible_patches must be (B, N) = ({batch}, {self.num_patches}) for the "
+                             f"{self.grid_size} grid, got {tuple(visible_patches.shape)}")
+        visible = visible_patches.to(device=self.position_embedding.device, dtype=torch.bool)
+        return torch.cat([visible.new_ones(batch, 1), visible], dim=1)[:, None, None, :]
+
     def forward_features(self, images: torch.Tensor, camids=None,
-                         patch_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                         patch_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                         visible_patches: Optional[torch.Tensor] = None):
         """embed_patches -> optional ``patch_transform(tokens)`` (SPS masking, SPT mixing; applied
-        before the class token and the position embedding) -> forward_tokens."""
+        before the class token and the position embedding) -> forward_tokens (``visible_patches``: see there)."""
         tokens = self.embed_patches(images)
         if patch_transform is not None:
             transformed = patch_transform(tokens)
@@ -389,7 +408,7 @@ class ReIDViT(nn.Module):
                 raise ValueError(f"patch_transform changed the token shape {tuple(tokens.shape)} to "
                                  f"{tuple(transformed.shape)}")
             tokens = transformed
-        return self.forward_tokens(tokens, camids)
+        return self.forward_tokens(tokens, camids, visible_patches)
 
     def forward(self, images: torch.Tensor, camids=None) -> torch.Tensor:
         """fast-reid backbone contract: the CLS feature v as a (B, D, 1, 1) map."""
