@@ -126,7 +126,11 @@ def test_tool_end_to_end_on_a_tiny_model(data_root, tmp_path, monkeypatch, load_
     torch.manual_seed(0)
     torch.save({"model": DPMPPTrainer.build_model(cfg).state_dict()}, run / "model_final.pth")
     (run / "config.yaml").write_text(cfg.dump())
-    assert tool.main(["--run-dir", str(run), "--eval-splits", "test1", "--keep", "0.5", "1"]) == 0
+    sps = DPMPPTrainer.build_model(load_config(os.path.join("configs", "Synthetic", "dpmpp.yml"), TINY_INFERENCE_MODEL
+                                               + ["MODEL.META_ARCHITECTURE", "SPSModel", "MODEL.DEVICE", "cpu"]))
+    torch.save({"model": sps.state_dict()}, tmp_path / "sps_final.pth")
+    assert tool.main(["--run-dir", str(run), "--eval-splits", "test1", "--keep", "0.5", "1",
+                      "--sps-weights", str(tmp_path / "sps_final.pth")]) == 0
     result = json.loads((run / tool.RESULT_FILE).read_text())
     rows, everything = result["splits"]["test1"]["keep0.5"], result["splits"]["test1"]["keep1"]
     assert set(rows) == {"plain", "oracle", "learned", *M.PREDICTORS}
@@ -135,7 +139,8 @@ def test_tool_end_to_end_on_a_tiny_model(data_root, tmp_path, monkeypatch, load_
         assert everything[name]["per_query_ap"] == pytest.approx(everything["plain"]["per_query_ap"], nan_ok=True)
     assert set(result["ridge_alpha"]) == {"ridge_descriptor", "ridge_tokens"}
     spatial = result["spatial"]["test1"]
-    assert set(spatial) == {*tool.SPATIAL_ROWS, "hidden_share"} and 0.0 < spatial["hidden_share"] < 1.0
+    assert set(spatial) == {*tool.SPATIAL_ROWS, "hidden_share", "sps_hidden_share"}
+    assert 0.0 < spatial["hidden_share"] < 1.0 and 0.0 <= spatial["sps_hidden_share"] <= 1.0
     assert spatial["plain"]["per_query_ap"] == pytest.approx(rows["plain"]["per_query_ap"], nan_ok=True)
     monkeypatch.setattr(tool, "protocol_chance", lambda *a: {"mAP": (1.0, 0.1)})
     assert tool.main(["--report", str(tmp_path), "--eval-splits", "test1", "--keep", "0.5", "1"]) == 0

@@ -34,13 +34,15 @@ from fastreid_dpmpp.engine.defaults import load_config
 from fastreid_dpmpp.engine.experiment import protocol_chance, verdict
 from fastreid_dpmpp.data.datasets import OccludedDuke, OccludedDukeHolisticQuery
 from fastreid_dpmpp.engine.protocol_eval import descriptor_spaces, image_meta, split_features, test_loader
+from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model
 from fastreid_dpmpp.engine.trainer import DPMPPTrainer, with_camera_count
 from fastreid_dpmpp.evaluation import protocol as P
 from fastreid_dpmpp.evaluation.masked_evaluator import test_placement
+from fastreid_dpmpp.modeling.stage3_patch_transfer import binarize_saliency, resize_masks
 
 RESULT_FILE = "mask_predictability.json"
 ROWS = ("plain", "learned") + PREDICTORS + ("oracle",)
-SPATIAL_ROWS = ("plain", "spatial_random", "spatial_oracle", "holistic")
+SPATIAL_ROWS = ("plain", "spatial_random", "spatial_sps", "spatial_oracle", "holistic")
 logger = logging.getLogger("fastreid.dpmpp.mask_predictability")
 
 
@@ -54,6 +56,8 @@ def build_parser():
     parser.add_argument("--training", default="occluded")
     parser.add_argument("--benchmark-dir", default="output/benchmark")
     parser.add_argument("--space", default="concat_bn", help="descriptor space (protocol_eval.descriptor_spaces)")
+    parser.add_argument("--sps-weights", default="", help="a Stage II SPS checkpoint: adds the row that hides the "
+                        "patches it calls not salient (computed from the query alone)")
     parser.add_argument("--keep", type=float, nargs="+", default=[0.5],
                         help="fraction(s) of channels every mask keeps (each scored separately)")
     return parser
@@ -90,27 +94,38 @@ def _split_inputs(model, cfg, root, space):
     return query, gallery, (masks[:nq] if masks is not None else None), mask_dims
 
 
+def _not_salient(sps_model, images, grid):
+    saliency = sps_model.saliency(images, None)
+    return ~resize_masks(binarize_saliency(saliency, sps_model.grid_size), grid).flatten(1).bool()
+
+
 @torch.no_grad()
-def _spatial_descriptors(model, root, cfg, space, seed=0):
-    """{"spatial_oracle" | "spatial_random": (Q, W) descriptors of the occluded queries with the occluder's patches
-    (or as many random ones) hidden from attention; "hidden_share": mean share of patches hidden}. An image whose
-    every patch would be hidden keeps them all."""
+def _spatial_descriptors(model, root, cfg, space, sps_model=None, seed=0):
+    """{"spatial_oracle" | "spatial_random" [| "spatial_sps"]: (Q, W) descriptors of the occluded queries with the
+    occluder's patches (or as many random ones [or those the SPS model calls not salient]) hidden from attention;
+    "hidden_share" [, "sps_hidden_share"]: mean share of patches hidden}. An image whose every patch would be
+    hidden keeps them all."""
     backbone, generator = model.backbone, torch.Generator().manual_seed(seed)
     loaders = (test_loader(cfg, OccludedDuke(root=root).query),
                test_loader(cfg, OccludedDukeHolisticQuery(root=root).query))
-    collected, shares = {"spatial_oracle": {}, "spatial_random": {}}, []
+    collected, shares = {}, {"hidden_share": [], "sps_hidden_share": []}
     for occluded, holistic in zip(*loaders):
+        images = model.preprocess_image(occluded)
         hidden = occluder_patches(occluded["images"], holistic["images"], backbone.patch_size, backbone.stride)
-        shares.append(hidden.float().mean(1))
-        for name, hide in (("spatial_oracle", hidden), ("spatial_random", random_patches_like(hidden, generator))):
+        shares["hidden_share"].append(hidden.float().mean(1))
+        variants = [("spatial_oracle", hidden), ("spatial_random", random_patches_like(hidden, generator))]
+        if sps_model is not None:
+            variants.append(("spatial_sps", _not_salient(sps_model, images, backbone.grid_size)))
+            shares["sps_hidden_share"].append(variants[-1][1].float().mean(1))
+        for name, hide in variants:
             visible = ~hide
             visible[~visible.any(1)] = True
-            outputs = backbone.forward_features(model.preprocess_image(occluded), None, visible_patches=visible)
+            outputs = backbone.forward_features(images, None, visible_patches=visible)
             for feature, value in model.features_of(outputs).items():
-                collected[name].setdefault(feature, []).append(value.float().cpu())
+                collected.setdefault(name, {}).setdefault(feature, []).append(value.float().cpu())
     out = {name: descriptor_spaces({k: torch.cat(v).numpy() for k, v in features.items()})[space][0]
            for name, features in collected.items()}
-    out["hidden_share"] = float(torch.cat(shares).mean())
+    out.update({key: float(torch.cat(values).mean()) for key, values in shares.items() if values})
     return out
 
 
@@ -118,8 +133,9 @@ def _spatial_rows(query, gallery, spatial):
     def scored(descriptors):
         return P.per_query_metrics(P.query_distance(descriptors, gallery["descriptors"]), query.pids, gallery["pids"],
                                    query.camids, gallery["camids"])
-    return {"plain": scored(query.descriptors), "spatial_random": scored(spatial["spatial_random"]),
-            "spatial_oracle": scored(spatial["spatial_oracle"]), "holistic": scored(query.holistic)}
+    rows = {"plain": scored(query.descriptors), "holistic": scored(query.holistic)}
+    rows.update({name: scored(spatial[name]) for name in SPATIAL_ROWS if name in spatial})
+    return rows
 
 
 def _as_json(rows):
@@ -134,6 +150,7 @@ def analyse_run(run_dir, args):
     roots = {split: ensure_benchmark(args.benchmark_dir, args.training, split)
              for split in [args.fit_split] + args.eval_splits}
     model, cfg = _load_model(run_dir, roots[args.fit_split])
+    sps_model = load_frozen_sps_model(cfg, args.sps_weights, key="--sps-weights") if args.sps_weights else None
     fit_inputs, _, _, _ = _split_inputs(model, cfg, roots[args.fit_split], args.space)
     predictors = fit_predictors(fit_inputs)
     result = dict(run_dir=run_dir, fit_split=args.fit_split, space=args.space,
@@ -141,11 +158,11 @@ def analyse_run(run_dir, args):
                   spatial={})
     for split in args.eval_splits:
         query, gallery, masks, mask_dims = _split_inputs(model, cfg, roots[split], args.space)
-        spatial = _spatial_descriptors(model, roots[split], cfg, args.space)
-        result["spatial"][split] = dict(_as_json(_spatial_rows(query, gallery, spatial)),
-                                        hidden_share=spatial["hidden_share"])
+        spatial = _spatial_descriptors(model, roots[split], cfg, args.space, sps_model)
+        scored = _as_json(_spatial_rows(query, gallery, spatial))
+        result["spatial"][split] = dict(scored, **{k: v for k, v in spatial.items() if k.endswith("hidden_share")})
         logger.info("%s %s spatial (%.0f %% of patches hidden): %s", run_dir, split, 100 * spatial["hidden_share"],
-                    ", ".join(f"{name} {result['spatial'][split][name]['mAP']:.1f}" for name in SPATIAL_ROWS))
+                    ", ".join(f"{name} {row['mAP']:.1f}" for name, row in scored.items()))
         result["splits"][split] = {}
         for keep in args.keep:
             scored = _as_json(score_masks(predictors, query, gallery, keep, masks, mask_dims, test_placement(cfg)))
@@ -217,9 +234,11 @@ def report(root, args):
         lines += [f"## Spatial reference: {split} (random ranking {chance[split]:.1f} mAP)", ""]
         for arm, results in sorted(by_arm.items()):
             per_seed = [r["spatial"][split] for r in results]
-            hidden = np.mean([s["hidden_share"] for s in per_seed])
+            hidden = f"occluder hides {100 * np.mean([s['hidden_share'] for s in per_seed]):.0f} % of the patches"
+            if all("sps_hidden_share" in s for s in per_seed):
+                hidden += f", SPS {100 * np.mean([s['sps_hidden_share'] for s in per_seed]):.0f} %"
             rows = summary_rows(per_seed, SPATIAL_ROWS, "spatial_random", "holistic")
-            lines += [f"### {arm} ({_seeds(results)}; {100 * hidden:.0f} % of the patches hidden)", "",
+            lines += [f"### {arm} ({_seeds(results)}; {hidden})", "",
                       _table(rows, "spatial_random", "share of the occlusion gap closed"), ""]
     text = "\n".join(lines)
     atomic_write_text(text, os.path.join(root, "mask_predictability.md"))
