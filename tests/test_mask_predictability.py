@@ -139,8 +139,11 @@ def test_tool_end_to_end_on_a_tiny_model(data_root, tmp_path, monkeypatch, load_
         assert everything[name]["per_query_ap"] == pytest.approx(everything["plain"]["per_query_ap"], nan_ok=True)
     assert set(result["ridge_alpha"]) == {"ridge_descriptor", "ridge_tokens"}
     spatial = result["spatial"]["test1"]
-    assert set(spatial) == {*tool.SPATIAL_ROWS, "hidden_share", "sps_hidden_share"}
-    assert 0.0 < spatial["hidden_share"] < 1.0 and 0.0 <= spatial["sps_hidden_share"] <= 1.0
+    hidden_rows = ("spatial_oracle", "spatial_random", "spatial_sps", "spatial_probe")
+    assert set(spatial) == {*tool.SPATIAL_ROWS, *(f"{r}_hidden" for r in hidden_rows), "probe_agreement"}
+    assert 0.0 < spatial["spatial_oracle_hidden"] < 1.0
+    assert spatial["spatial_random_hidden"] == pytest.approx(spatial["spatial_oracle_hidden"])
+    assert 0.0 <= spatial["probe_agreement"]["iou"] <= 1.0
     assert spatial["plain"]["per_query_ap"] == pytest.approx(rows["plain"]["per_query_ap"], nan_ok=True)
     monkeypatch.setattr(tool, "protocol_chance", lambda *a: {"mAP": (1.0, 0.1)})
     assert tool.main(["--report", str(tmp_path), "--eval-splits", "test1", "--keep", "0.5", "1"]) == 0
@@ -192,3 +195,16 @@ def test_hidden_patches_never_reach_the_class_token():
         assert not torch.allclose(backbone.forward_tokens(changed)["cls"], everything, atol=1e-3)
     with pytest.raises(ValueError, match="visible_patches must be"):
         backbone.forward_tokens(tokens, visible_patches=visible[:, 1:])
+
+
+def test_occluder_probe_reads_a_visible_occluder_and_agreement():
+    from fastreid_dpmpp.analysis.spatial_visibility import OccluderPatchProbe, patch_agreement
+    rng = np.random.default_rng(5)
+    hidden = rng.random((60, 6)) < 0.3
+    tokens = rng.normal(size=(60, 6, 4))
+    tokens[..., 0] += 3.0 * hidden                   # the occluder shows in the first channel of its tokens
+    probe = OccluderPatchProbe().fit(tokens[:40], hidden[:40])
+    assert patch_agreement(probe.predict(tokens[40:]), hidden[40:])["accuracy"] > 0.9
+    truth = np.array([[True, True, False, False]])
+    assert patch_agreement(np.array([[True, False, True, False]]), truth) == dict(accuracy=0.5, iou=1 / 3)
+    assert patch_agreement(np.zeros((1, 4), bool), np.zeros((1, 4), bool))["iou"] == 1.0

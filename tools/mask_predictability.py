@@ -27,7 +27,8 @@ from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.analysis.mask_predictability import PREDICTORS, QueryInputs, fit_predictors, score_masks
-from fastreid_dpmpp.analysis.spatial_visibility import occluder_patches, random_patches_like
+from fastreid_dpmpp.analysis.spatial_visibility import (OccluderPatchProbe, occluder_patches, patch_agreement,
+                                                       random_patches_like)
 from fastreid_dpmpp.checkpoint import atomic_write_text
 from fastreid_dpmpp.data.benchmark import SPLITS, ensure_benchmark
 from fastreid_dpmpp.engine.defaults import load_config
@@ -42,7 +43,7 @@ from fastreid_dpmpp.modeling.stage3_patch_transfer import binarize_saliency, res
 
 RESULT_FILE = "mask_predictability.json"
 ROWS = ("plain", "learned") + PREDICTORS + ("oracle",)
-SPATIAL_ROWS = ("plain", "spatial_random", "spatial_sps", "spatial_oracle", "holistic")
+SPATIAL_ROWS = ("plain", "spatial_random", "spatial_sps", "spatial_probe", "spatial_oracle", "holistic")
 logger = logging.getLogger("fastreid.dpmpp.mask_predictability")
 
 
@@ -100,24 +101,42 @@ def _not_salient(sps_model, images, grid):
 
 
 @torch.no_grad()
-def _spatial_descriptors(model, root, cfg, space, sps_model=None, seed=0):
-    """{"spatial_oracle" | "spatial_random" [| "spatial_sps"]: (Q, W) descriptors of the occluded queries with the
-    occluder's patches (or as many random ones [or those the SPS model calls not salient]) hidden from attention;
-    "hidden_share" [, "sps_hidden_share"]: mean share of patches hidden}. An image whose every patch would be
-    hidden keeps them all."""
-    backbone, generator = model.backbone, torch.Generator().manual_seed(seed)
+def _query_batches(model, root, cfg):
+    """[(normalised images, occluder patches (B, N) bool, last-block patch tokens (B, N, W))] of a split's
+    occluded queries, in order."""
+    backbone = model.backbone
     loaders = (test_loader(cfg, OccludedDuke(root=root).query),
                test_loader(cfg, OccludedDukeHolisticQuery(root=root).query))
-    collected, shares = {}, {"hidden_share": [], "sps_hidden_share": []}
+    batches = []
     for occluded, holistic in zip(*loaders):
         images = model.preprocess_image(occluded)
         hidden = occluder_patches(occluded["images"], holistic["images"], backbone.patch_size, backbone.stride)
-        shares["hidden_share"].append(hidden.float().mean(1))
-        variants = [("spatial_oracle", hidden), ("spatial_random", random_patches_like(hidden, generator))]
+        batches.append((images, hidden, backbone.forward_features(images)["patch_tokens"].float().cpu()))
+    return batches
+
+
+def fit_occluder_probe(batches):
+    return OccluderPatchProbe().fit(torch.cat([b[2] for b in batches]).numpy(),
+                                    torch.cat([b[1] for b in batches]).numpy())
+
+
+@torch.no_grad()
+def _spatial_descriptors(model, batches, space, sps_model=None, probe=None, seed=0):
+    """{row: (Q, W) descriptors of the occluded queries with some patches hidden from attention}: the occluder's
+    ("spatial_oracle"), as many random ones ("spatial_random"), those the SPS model calls not salient
+    ("spatial_sps") and those the probe calls occluded ("spatial_probe"); with the mean share of patches each
+    hides ("<row>_hidden") and the probe's agreement with the occluder's patches. An image whose every patch
+    would be hidden keeps them all."""
+    backbone, generator = model.backbone, torch.Generator().manual_seed(seed)
+    collected, hidden_by_row = {}, {}
+    for images, hidden, tokens in batches:
+        variants = {"spatial_oracle": hidden, "spatial_random": random_patches_like(hidden, generator)}
         if sps_model is not None:
-            variants.append(("spatial_sps", _not_salient(sps_model, images, backbone.grid_size)))
-            shares["sps_hidden_share"].append(variants[-1][1].float().mean(1))
-        for name, hide in variants:
+            variants["spatial_sps"] = _not_salient(sps_model, images, backbone.grid_size)
+        if probe is not None:
+            variants["spatial_probe"] = torch.as_tensor(probe.predict(tokens.numpy()))
+        for name, hide in variants.items():
+            hidden_by_row.setdefault(name, []).append(hide)
             visible = ~hide
             visible[~visible.any(1)] = True
             outputs = backbone.forward_features(images, None, visible_patches=visible)
@@ -125,7 +144,10 @@ def _spatial_descriptors(model, root, cfg, space, sps_model=None, seed=0):
                 collected.setdefault(name, {}).setdefault(feature, []).append(value.float().cpu())
     out = {name: descriptor_spaces({k: torch.cat(v).numpy() for k, v in features.items()})[space][0]
            for name, features in collected.items()}
-    out.update({key: float(torch.cat(values).mean()) for key, values in shares.items() if values})
+    out.update({f"{name}_hidden": float(torch.cat(h).float().mean()) for name, h in hidden_by_row.items()})
+    if probe is not None:
+        out["probe_agreement"] = patch_agreement(torch.cat(hidden_by_row["spatial_probe"]).numpy(),
+                                                 torch.cat(hidden_by_row["spatial_oracle"]).numpy())
     return out
 
 
@@ -153,15 +175,17 @@ def analyse_run(run_dir, args):
     sps_model = load_frozen_sps_model(cfg, args.sps_weights, key="--sps-weights") if args.sps_weights else None
     fit_inputs, _, _, _ = _split_inputs(model, cfg, roots[args.fit_split], args.space)
     predictors = fit_predictors(fit_inputs)
+    probe = fit_occluder_probe(_query_batches(model, roots[args.fit_split], cfg))
     result = dict(run_dir=run_dir, fit_split=args.fit_split, space=args.space,
                   ridge_alpha={name: p.alpha for name, p in predictors.items() if hasattr(p, "alpha")}, splits={},
                   spatial={})
     for split in args.eval_splits:
         query, gallery, masks, mask_dims = _split_inputs(model, cfg, roots[split], args.space)
-        spatial = _spatial_descriptors(model, roots[split], cfg, args.space, sps_model)
+        spatial = _spatial_descriptors(model, _query_batches(model, roots[split], cfg), args.space, sps_model, probe)
         scored = _as_json(_spatial_rows(query, gallery, spatial))
-        result["spatial"][split] = dict(scored, **{k: v for k, v in spatial.items() if k.endswith("hidden_share")})
-        logger.info("%s %s spatial (%.0f %% of patches hidden): %s", run_dir, split, 100 * spatial["hidden_share"],
+        result["spatial"][split] = dict(scored, **{k: v for k, v in spatial.items() if not isinstance(v, np.ndarray)})
+        logger.info("%s %s spatial (occluder: %.0f %% of patches; probe IoU %.2f): %s", run_dir, split,
+                    100 * spatial["spatial_oracle_hidden"], spatial["probe_agreement"]["iou"],
                     ", ".join(f"{name} {row['mAP']:.1f}" for name, row in scored.items()))
         result["splits"][split] = {}
         for keep in args.keep:
@@ -234,9 +258,10 @@ def report(root, args):
         lines += [f"## Spatial reference: {split} (random ranking {chance[split]:.1f} mAP)", ""]
         for arm, results in sorted(by_arm.items()):
             per_seed = [r["spatial"][split] for r in results]
-            hidden = f"occluder hides {100 * np.mean([s['hidden_share'] for s in per_seed]):.0f} % of the patches"
-            if all("sps_hidden_share" in s for s in per_seed):
-                hidden += f", SPS {100 * np.mean([s['sps_hidden_share'] for s in per_seed]):.0f} %"
+            hidden = ", ".join(f"{name} hides {100 * np.mean([s[name + '_hidden'] for s in per_seed]):.0f} %"
+                               for name in SPATIAL_ROWS if all(f"{name}_hidden" in s for s in per_seed))
+            if all("probe_agreement" in s for s in per_seed):
+                hidden += f"; probe vs occluder patches IoU {np.mean([s['probe_agreement']['iou'] for s in per_seed]):.2f}"
             rows = summary_rows(per_seed, SPATIAL_ROWS, "spatial_random", "holistic")
             lines += [f"### {arm} ({_seeds(results)}; {hidden})", "",
                       _table(rows, "spatial_random", "share of the occlusion gap closed"), ""]
