@@ -147,8 +147,9 @@ def test_tool_end_to_end_on_a_tiny_model(data_root, tmp_path, monkeypatch, load_
     assert spatial["plain"]["per_query_ap"] == pytest.approx(rows["plain"]["per_query_ap"], nan_ok=True)
     monkeypatch.setattr(tool, "protocol_chance", lambda *a: {"mAP": (1.0, 0.1)})
     assert tool.main(["--report", str(tmp_path), "--eval-splits", "test1", "--keep", "0.5", "1"]) == 0
-    written = (tmp_path / "mask_predictability.md").read_text()
+    written = (tmp_path / f"{tool.REPORT_NAME}.md").read_text()
     assert "### dpm (seed1)" in written and "## Spatial reference: test1" in written
+    assert (tmp_path / f"{tool.REPORT_NAME}.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError, match="config.yaml not found"):
         tool.main(["--run-dir", str(tmp_path)])
 
@@ -208,3 +209,9 @@ def test_occluder_probe_reads_a_visible_occluder_and_agreement():
     truth = np.array([[True, True, False, False]])
     assert patch_agreement(np.array([[True, False, True, False]]), truth) == dict(accuracy=0.5, iou=1 / 3)
     assert patch_agreement(np.zeros((1, 4), bool), np.zeros((1, 4), bool))["iou"] == 1.0
+
+
+def test_bar_panels_need_a_panel():
+    from fastreid_dpmpp.analysis.figures import plot_bar_panels
+    with pytest.raises(ValueError, match="at least one panel"):
+        plot_bar_panels([], "unused.png")

@@ -26,6 +26,7 @@ import torch
 from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.logger import setup_logger
 
+from fastreid_dpmpp.analysis.figures import plot_bar_panels
 from fastreid_dpmpp.analysis.mask_predictability import PREDICTORS, QueryInputs, fit_predictors, score_masks
 from fastreid_dpmpp.analysis.spatial_visibility import (OccluderPatchProbe, occluder_patches, patch_agreement,
                                                        random_patches_like)
@@ -42,6 +43,7 @@ from fastreid_dpmpp.evaluation.masked_evaluator import test_placement
 from fastreid_dpmpp.modeling.stage3_patch_transfer import binarize_saliency, resize_masks
 
 RESULT_FILE = "mask_predictability.json"
+REPORT_NAME = "mask_predictability_report"      # .md and .png in the --report folder
 ROWS = ("plain", "learned") + PREDICTORS + ("oracle",)
 SPATIAL_ROWS = ("plain", "spatial_random", "spatial_sps", "spatial_probe", "spatial_oracle", "holistic")
 logger = logging.getLogger("fastreid.dpmpp.mask_predictability")
@@ -266,8 +268,25 @@ def report(root, args):
             lines += [f"### {arm} ({_seeds(results)}; {hidden})", "",
                       _table(rows, "spatial_random", "share of the occlusion gap closed"), ""]
     text = "\n".join(lines)
-    atomic_write_text(text, os.path.join(root, "mask_predictability.md"))
+    atomic_write_text(text, os.path.join(root, f"{REPORT_NAME}.md"))
+    _figure(by_arm, args, os.path.join(root, f"{REPORT_NAME}.png"))
     print(text)
+
+
+def _figure(by_arm, args, path):
+    """Channel masks (first --keep) and the spatial reference of each arm on the first --eval-splits split."""
+    split, keep = args.eval_splits[0], args.keep[0]
+    panels = []
+    for arm, results in sorted(by_arm.items()):
+        channel = summary_rows([r["splits"][split][_keep_key(keep)] for r in results])
+        spatial = summary_rows([r["spatial"][split] for r in results], SPATIAL_ROWS, "spatial_random", "holistic")
+        panels.append([(f"{arm}: channel masks keeping {keep:g} of the channels", _bars(channel)),
+                       (f"{arm}: patches hidden from attention", _bars(spatial))])
+    plot_bar_panels(panels, path, title=f"What a mask could do on {split} (mean ± std over {len(results)} seeds)")
+
+
+def _bars(rows):
+    return [(row["row"], row["mAP"][0], row["mAP"][1]) for row in rows]
 
 
 def _seeds(results):

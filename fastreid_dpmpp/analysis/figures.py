@@ -221,3 +221,37 @@ def plot_rank_lists(rows, path, title=None):
             axis.set_title(f"#{column} {score:.3f}", fontsize=7)
     _suptitle(figure, title or "Rank lists (green: same identity, red: another identity)")
     return save_figure(figure, path)
+
+
+# ----------------------------------------------------------------------------- mask headroom (issue 13)
+def plot_bar_panels(panels, path, title=None, reference_label="plain", xlabel="mAP occluded queries (%)"):
+    """A grid of horizontal bar charts with error bars, one panel per (row, column) of ``panels``:
+    [[(panel title, [(bar label, mean, std), ...]), ...], ...]; a dashed line marks each panel's
+    ``reference_label`` bar."""
+    if not panels or not panels[0]:
+        raise ValueError("fastreid_dpmpp/analysis/figures.py: plot_bar_panels needs at least one panel")
+    rows, columns = len(panels), max(len(r) for r in panels)
+    figure = new_figure(4.6 * columns, 0.32 * max(len(p[1]) for r in panels for p in r) * rows + 1.0 * rows)
+    axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
+    for row, row_panels in enumerate(panels):
+        for column, (panel_title, bars) in enumerate(row_panels):
+            axis = axes[row, column]
+            labels, means, stds = zip(*bars)
+            positions = np.arange(len(bars))[::-1]
+            axis.barh(positions, means, xerr=stds, color="#7aa6c2", edgecolor="#2b5d7d", capsize=2)
+            axis.set_yticks(positions)
+            axis.set_yticklabels(labels, fontsize=8)
+            for position, mean, std in zip(positions, means, stds):
+                axis.text(mean + std + 0.8, position, f"{mean:.1f}", va="center", fontsize=7)
+            if reference_label in labels:
+                axis.axvline(means[labels.index(reference_label)], color="#444444", linestyle="--", linewidth=1)
+            axis.set_xlim(0, max(m + s for m, s in zip(means, stds)) * 1.15)
+            axis.set_title(panel_title, fontsize=9)
+            axis.set_xlabel(xlabel, fontsize=8)
+            axis.grid(axis="x", alpha=0.3)
+        for column in range(len(row_panels), columns):
+            axes[row, column].set_visible(False)
+    figure.tight_layout()
+    if title:
+        _suptitle(figure, title)
+    return save_figure(figure, path)
