@@ -57,6 +57,11 @@ def add_dpmpp_config(cfg):
     # data; () = camera c is row c. A test camera not listed (unseen in training) gets the mean of the rows, decided
     # when the model is built, with one warning per test set (data/cameras.py; measured: docs/BAD_INPUTS.md) [ours]
     _C.MODEL.VIT.TRAIN_CAMERAS = ()
+    # Random patch hiding in training [ours] (modeling/patch_hiding.py): with probability PROB an image gets a random
+    # rectangle of patches, AREA = (min, max) fraction of the grid, hidden from attention; 0 = off (SPEC)
+    _C.MODEL.VIT.HIDE_PATCHES = CN()
+    _C.MODEL.VIT.HIDE_PATCHES.PROB = 0.0
+    _C.MODEL.VIT.HIDE_PATCHES.AREA = (0.1, 0.5)
 
     # ---------------------------------------------------------------- DPM++ model (SPEC §5)
     _C.MODEL.DPMPP = CN()

@@ -215,3 +215,40 @@ def test_bar_panels_need_a_panel():
     from fastreid_dpmpp.analysis.figures import plot_bar_panels
     with pytest.raises(ValueError, match="at least one panel"):
         plot_bar_panels([], "unused.png")
+
+
+def test_random_patch_hiding_draws_rectangles_and_is_checked():
+    from fastreid_dpmpp.modeling.patch_hiding import check_hiding, sample_hidden_rectangles
+    generator = torch.Generator().manual_seed(0)
+    hidden = sample_hidden_rectangles(400, (10, 5), 0.5, (0.1, 0.5), generator).view(400, 10, 5)
+    chosen = hidden.flatten(1).any(1)
+    assert 0.4 < chosen.float().mean() < 0.6
+    for image in hidden[chosen]:
+        rows, columns = image.any(1).nonzero().flatten(), image.any(0).nonzero().flatten()
+        box = image[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+        assert bool(box.all()) and int(box.sum()) == int(image.sum())       # one filled rectangle
+        assert 1 <= int(image.sum()) <= 0.5 * 50 * 1.8                        # rounding to whole patches
+    assert not sample_hidden_rectangles(8, (10, 5), 0.0, (0.1, 0.5)).any()
+    for prob, area, key in ((1.5, (0.1, 0.5), "PROB"), (0.5, (0.6, 0.5), "AREA"), (0.5, (0.0, 0.5), "AREA")):
+        with pytest.raises(ValueError, match=f"HIDE_PATCHES.{key}"):
+            check_hiding(prob, area)
+
+
+def test_training_with_hidden_patches_hides_them_from_the_class_token(monkeypatch):
+    from _tiny import TINY_INFERENCE_MODEL
+    from fastreid_dpmpp.engine import load_config
+    from fastreid_dpmpp.engine.trainer import DPMPPTrainer
+    cfg = load_config(os.path.join("configs", "Synthetic", "clip_baseline.yml"), TINY_INFERENCE_MODEL + [
+        "MODEL.DEVICE", "cpu", "MODEL.VIT.HIDE_PATCHES.PROB", "1.0"])
+    model = DPMPPTrainer.build_model(cfg).train()
+    seen = []
+    original = model.backbone.forward_features
+    monkeypatch.setattr(model.backbone, "forward_features",
+                        lambda *a, **k: seen.append(k.get("visible_patches")) or original(*a, **k))
+    batch = {"images": torch.rand(4, 3, 64, 32) * 255, "targets": torch.tensor([0, 0, 1, 1]),
+             "camids": torch.zeros(4, dtype=torch.long)}
+    from fastreid.utils.events import EventStorage
+    with EventStorage(0):
+        losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert seen[0].shape == (4, model.backbone.num_patches) and not bool(seen[0].all(1).any())

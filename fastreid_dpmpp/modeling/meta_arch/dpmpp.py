@@ -99,7 +99,8 @@ class DPMPP(ViTReIDMetaArch):
         """The base class's pass (SPT synthesis, backbone, losses), plus the mask supervision [ours] when on."""
         spt_info = self.spt.synthesize(images, camids, targets) if self.spt is not None else None
         transform = spt_info["patch_transform"] if spt_info is not None else None
-        outputs = self.backbone.forward_features(images, camids, patch_transform=transform)
+        outputs = self.backbone.forward_features(images, camids, patch_transform=transform,
+                                                 visible_patches=self.training_visibility(images.shape[0]))
         head = self.heads(outputs, targets)
         losses = self.training_losses(outputs, targets, spt_info, head)
         if self.supervision is not None:

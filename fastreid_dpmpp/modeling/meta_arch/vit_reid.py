@@ -6,6 +6,8 @@ from torch import nn
 
 from fastreid.modeling.backbones import build_backbone
 
+from ..patch_hiding import check_hiding, sample_hidden_rectangles
+
 
 class ViTReIDMetaArch(nn.Module):
     """Base class. Subclasses define ``training_losses(outputs, targets, spt_info) -> dict of losses`` and may
@@ -23,6 +25,9 @@ class ViTReIDMetaArch(nn.Module):
             # a vanilla ViT has no CLIP projection: its descriptor is the v (or BN(v)) part alone
             self.descriptor = "bn_cls" if "bn_v" in DESCRIPTORS[self.descriptor] else "cls"
         self.sie_at_test = bool(cfg.MODEL.VIT.SIE_AT_TEST)
+        hiding = cfg.MODEL.VIT.HIDE_PATCHES
+        check_hiding(hiding.PROB, hiding.AREA)
+        self.hide_prob, self.hide_area = float(hiding.PROB), tuple(float(a) for a in hiding.AREA)
         # The SPT synthesiser (SPEC §4), owned and attached by the SPT training hook, None otherwise. A plain
         # attribute, not a submodule (SPTSynthesizer is no nn.Module): its frozen SPS model is neither trained,
         # nor saved in this model's checkpoints, nor moved by .to().
@@ -62,6 +67,13 @@ class ViTReIDMetaArch(nn.Module):
         targets = batched_inputs["targets"].to(self.device).long()
         return self.training_forward(images, camids, targets)
 
+    def training_visibility(self, batch):
+        """(B, N) bool patches each training image may attend to (MODEL.VIT.HIDE_PATCHES), or None when off."""
+        if self.hide_prob <= 0.0:
+            return None
+        hidden = sample_hidden_rectangles(batch, self.backbone.grid_size, self.hide_prob, self.hide_area)
+        return (~hidden).to(self.device)
+
     def training_forward(self, images, camids, targets):
         """One training pass (with SPT synthesis when attached) -> dict of named losses."""
         spt_info = None
@@ -69,7 +81,8 @@ class ViTReIDMetaArch(nn.Module):
         if self.spt is not None:
             spt_info = self.spt.synthesize(images, camids, targets)
             patch_transform = spt_info["patch_transform"]
-        outputs = self.backbone.forward_features(images, camids, patch_transform=patch_transform)
+        outputs = self.backbone.forward_features(images, camids, patch_transform=patch_transform,
+                                                 visible_patches=self.training_visibility(images.shape[0]))
         return self.training_losses(outputs, targets, spt_info)
 
     def features_of(self, outputs):
