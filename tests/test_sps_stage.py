@@ -52,8 +52,8 @@ def record_backbone_passes(model):
     passes = []
     original = model.backbone.forward_tokens
 
-    def recording(tokens, camids=None):
-        outputs = original(tokens, camids)
+    def recording(tokens, camids=None, visible_patches=None):
+        outputs = original(tokens, camids, visible_patches)
         passes.append((tokens.detach().clone(), outputs))
         return outputs
 

@@ -67,8 +67,8 @@ def record_transformer_inputs(model):
     records = []
     original = model.backbone.forward_tokens
 
-    def recording(tokens, camids=None):
-        outputs = original(tokens, camids)
+    def recording(tokens, camids=None, visible_patches=None):
+        outputs = original(tokens, camids, visible_patches)
         records.append((tokens.detach().clone(), outputs))
         return outputs
 

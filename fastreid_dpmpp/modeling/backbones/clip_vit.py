@@ -408,8 +408,6 @@ class ReIDViT(nn.Module):
                 raise ValueError(f"patch_transform changed the token shape {tuple(tokens.shape)} to "
                                  f"{tuple(transformed.shape)}")
             tokens = transformed
-        if visible_patches is None:     # the two-argument call that wrappers of forward_tokens (tests, hooks) expect
-            return self.forward_tokens(tokens, camids)
         return self.forward_tokens(tokens, camids, visible_patches)
 
     def forward(self, images: torch.Tensor, camids=None) -> torch.Tensor:
