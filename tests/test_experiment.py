@@ -20,9 +20,10 @@ def _fake_world(tmp_path, monkeypatch, stage_seconds, failing_stage=None):
         with lock:
             events.append((time.monotonic(), what))
 
-    def stage_dirs(exp, seed, train_root):
+    def stage_dirs(exp, seed, train_root, sps_opts=()):
+        names = ("I", " ".join(("II",) + tuple(sps_opts)))
         return [Stage(name, "unused.py", "unused.yml", str(tmp_path / f"seed{seed}" / name), "artifact.pt")
-                for name in ("I", "II")]
+                for name in names]
 
     def run_stage(stage, log_file, show_progress=True):
         record(("start", stage.name))
@@ -91,6 +92,42 @@ def test_finished_stages_are_not_rerun(tmp_path, monkeypatch):
         open(stage.artifact_path, "w").close()
     keys = [key for key, _ in E._training_jobs(exp, "train", E._stage_gates(exp, "train"))]
     assert keys == [("baseline", 0), ("dpmpp", 0), ("dpm", 0)]
+
+
+def test_arms_with_their_own_stage_ii_options_share_stage_i_and_wait_for_their_own_stage_ii(tmp_path, monkeypatch):
+    exp, events = _fake_world(tmp_path, monkeypatch, {"I": 0.05, "II": 0.05, "II STAGE2.RHO 0.5": 0.3})
+    exp.arms.append(E.Arm("dpmpp_rho", "c.yml", needs=("text", "sps"), sps_opts=("STAGE2.RHO", "0.5")))
+    gates = E._stage_gates(exp, "train")
+    keys = [key for key, _ in E._training_jobs(exp, "train", gates)]
+    assert keys == ["seed 0 stage I", ("baseline", 0), "seed 0 stage II", "seed 0 stage II STAGE2.RHO 0.5 STAGE2.RHO 0.5",
+                    ("dpmpp", 0), ("dpmpp_rho", 0), ("dpm", 0)]
+    rho_weights = E._arm_opts(exp, exp.arms[-1], 0, "train", gates)[-1]
+    assert rho_weights == str(tmp_path / "seed0" / "II STAGE2.RHO 0.5" / "artifact.pt")
+    assert E._arm_opts(exp, exp.arms[0], 0, "train", gates)[-1] == str(tmp_path / "seed0" / "II" / "artifact.pt")
+    E.run_experiment(exp)
+    assert [w for _, w in events].count(("start", "I")) == 1
+    assert _time(events, ("start", "dpmpp_rho")) >= _time(events, ("end", "II STAGE2.RHO 0.5"))
+
+
+def test_stage_ii_options_give_stage_ii_its_own_folder_and_config(tmp_path):
+    from _tiny import REPO
+    exp = E.Experiment(arms=[], seeds=[1], training="occluded", root=str(tmp_path), benchmark_dir=str(tmp_path),
+                       stage_config=os.path.join(REPO, "configs", "Synthetic", "dpmpp.yml"))
+    stage1, stage2 = E._stage_dirs(exp, 1, "train")
+    stage1_rho, stage2_rho = E._stage_dirs(exp, 1, "train", ("STAGE2.RHO", "0.5"))
+    assert stage1_rho.output_dir == stage1.output_dir
+    assert stage2_rho.output_dir == str(tmp_path / "stages" / "seed1" / "sps_STAGE2.RHO=0.5" / "stage2")
+    assert stage2_rho.opts[-2:] == ["STAGE2.RHO", "0.5"] and "STAGE2.RHO" not in stage2.opts
+
+
+def test_compare_rejects_an_unknown_arm_key(tmp_path):
+    from _tiny import load_tool_module
+    compare = load_tool_module("compare", "compare_tool_keys")
+    spec = tmp_path / "spec.yml"
+    spec.write_text("training: occluded\nseeds: [1]\nstage_config: c.yml\n"
+                    "arms:\n  - {name: a, config: c.yml, stage_opts: [STAGE2.RHO, 0.5]}\n")
+    with pytest.raises(ValueError, match=r"arm 'a': unknown key\(s\) \['stage_opts'\]"):
+        compare.load_spec(str(spec))
 
 
 def test_compare_trains_the_asked_subset_and_reports_every_arm(tmp_path, monkeypatch):

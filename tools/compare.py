@@ -26,6 +26,9 @@ from fastreid_dpmpp.engine.experiment import (Arm, Experiment, Setting, comparis
                                               load_results, protocol_chance, run_experiment)
 
 
+_ARM_KEYS = {"name", "config", "opts", "needs", "weights_of", "interpolate", "sps_opts"}
+
+
 def load_spec(path):
     with open(path) as f:
         spec = yaml.safe_load(f)
@@ -33,10 +36,16 @@ def load_spec(path):
     missing = [k for k in ("training", "seeds", "arms", "stage_config") if k not in spec]
     if missing:
         raise ValueError(f"{path}: the experiment spec lacks {missing}")
+    for a in spec["arms"]:
+        unknown = sorted(set(a) - _ARM_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: arm {a.get('name')!r}: unknown key(s) {unknown}; expected some of "
+                             f"{sorted(_ARM_KEYS)}")
     configs = {a["name"]: a.get("config") for a in spec["arms"]}
     arms = [Arm(a["name"], os.path.normpath(os.path.join(folder, a.get("config") or configs[a["weights_of"]])),
                 tuple(str(o) for o in a.get("opts", [])), tuple(a.get("needs", [])), a.get("weights_of", ""),
-                float(a.get("interpolate", 1.0))) for a in spec["arms"]]
+                float(a.get("interpolate", 1.0)), tuple(str(o) for o in a.get("sps_opts", [])))
+            for a in spec["arms"]]
     for arm in arms:
         if not os.path.isfile(arm.config):
             raise FileNotFoundError(f"{path}: arm {arm.name!r}: config file {arm.config} does not exist")

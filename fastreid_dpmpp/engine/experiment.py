@@ -45,6 +45,7 @@ class Arm:
     needs: tuple = ()          # subset of ("text", "sps")
     weights_of: str = ""       # evaluate another arm's trained model (no training), e.g. with ``interpolate``
     interpolate: float = 1.0   # WiSE-FT weight of the fine-tuned backbone (1.0 = the fine-tuned model itself)
+    sps_opts: tuple = ()       # options of Stage II only; arms with the same sps_opts share one Stage II per seed
 
     def run_dir(self, root, seed):
         return os.path.join(root, self.name, f"seed{seed}")
@@ -80,10 +81,29 @@ class Experiment:
     eval_sie: tuple = ("off", "on")         # SIE at test settings to evaluate
 
 
-def _stage_dirs(exp, seed, train_root):
+def _stage_dirs(exp, seed, train_root, sps_opts=()):
+    """[Stage I, Stage II] of one seed; with ``sps_opts`` a Stage II of its own, in stages/seed<k>/<sps label>."""
     opts = list(exp.opts) + ["DATASETS.ROOT", train_root, "SEED", seed]
-    return plan_stages(exp.stage_config, os.path.join(exp.root, "stages", f"seed{seed}"), opts,
-                       tools_dir=exp.tools_dir)[:2]
+    seed_dir = os.path.join(exp.root, "stages", f"seed{seed}")
+    stages = plan_stages(exp.stage_config, seed_dir, opts, tools_dir=exp.tools_dir)[:2]
+    if sps_opts:
+        stages[1] = plan_stages(exp.stage_config, os.path.join(seed_dir, _sps_label(sps_opts)),
+                                opts + list(sps_opts), tools_dir=exp.tools_dir)[1]
+    return stages
+
+
+def _sps_label(sps_opts):
+    pairs = zip(sps_opts[::2], sps_opts[1::2])
+    return "sps_" + "_".join(f"{key}={value}" for key, value in pairs).replace(os.sep, "-")
+
+
+def _sps_key(sps_opts):
+    return " ".join(("sps",) + tuple(sps_opts))
+
+
+def _gate_keys(arm):
+    """The stage gates an arm waits for: "text" (Stage I) and its Stage II, "sps" or "sps <its sps_opts>"."""
+    return (["text"] if "text" in arm.needs else []) + ([_sps_key(arm.sps_opts)] if "sps" in arm.needs else [])
 
 
 class _StageGate:
@@ -112,12 +132,15 @@ class _StageGate:
 
 
 def _stage_gates(exp, train_root):
-    """{seed: {"text": gate of Stage I, "sps": gate of Stage II}} for the hand-overs some arm needs."""
-    needs = {n for arm in exp.arms for n in arm.needs}
+    """{seed: {gate key: gate}} for the hand-overs some arm needs: "text" (Stage I), "sps" (Stage II) and one
+    "sps <options>" per distinct ``sps_opts`` of the arms (see ``_gate_keys``)."""
+    sps_variants = {tuple(arm.sps_opts) for arm in exp.arms if "sps" in arm.needs}
     gates = {}
     for seed in exp.seeds:
-        stage1, stage2 = _stage_dirs(exp, seed, train_root)
-        gates[seed] = {need: _StageGate(stage) for need, stage in (("text", stage1), ("sps", stage2)) if need in needs}
+        stage1 = _stage_dirs(exp, seed, train_root)[0]
+        gates[seed] = {"text": _StageGate(stage1)} if any("text" in arm.needs for arm in exp.arms) else {}
+        for sps_opts in sorted(sps_variants):
+            gates[seed][_sps_key(sps_opts)] = _StageGate(_stage_dirs(exp, seed, train_root, sps_opts)[1])
     return gates
 
 
@@ -126,7 +149,7 @@ def _arm_opts(exp, arm, seed, train_root, gates):
     if "text" in arm.needs:
         opts += ["MODEL.DPMPP.TEXT_PROTOTYPES", gates[seed]["text"].stage.artifact_path]
     if "sps" in arm.needs:
-        opts += ["SPT.ENABLED", "True", "SPT.SPS_WEIGHTS", gates[seed]["sps"].stage.artifact_path]
+        opts += ["SPT.ENABLED", "True", "SPT.SPS_WEIGHTS", gates[seed][_gate_keys(arm)[-1]].stage.artifact_path]
     return opts
 
 
@@ -159,7 +182,8 @@ def _train_and_evaluate(exp, arm, seed, train_root, gates):
         raise RuntimeError(f"arm {arm.name} evaluates {arm.weights_of}, whose run {trained_dir} has no model_final.pth")
     if not os.path.isfile(os.path.join(run_dir, "protocol.json")):
         _evaluate(trained_dir, run_dir, exp, log, arm.interpolate)
-    result = dict(arm=arm.name, config=arm.config, opts=list(arm.opts), needs=list(arm.needs), seed=seed,
+    result = dict(arm=arm.name, config=arm.config, opts=list(arm.opts), needs=list(arm.needs),
+                  sps_opts=list(arm.sps_opts), seed=seed,
                   training=exp.training, benchmark_id=benchmark_id(), train_seconds=round(seconds, 1))
     atomic_write_text(json.dumps(result, indent=2), os.path.join(run_dir, "result.json"))
     return result
@@ -171,8 +195,8 @@ def _finished(exp, arm, seed):
 
 def _arm_job(exp, arm, seed, train_root, gates):
     def job():
-        for need in arm.needs:
-            gates[seed][need].wait()
+        for key in _gate_keys(arm):
+            gates[seed][key].wait()
         return _train_and_evaluate(exp, arm, seed, train_root, gates)
     return (arm.name, seed), job
 
@@ -187,8 +211,8 @@ def _training_jobs(exp, train_root, gates):
                 if not arm.weights_of and select(set(arm.needs)) and not _finished(exp, arm, seed)]
 
     def stage_jobs(need):
-        return [(f"seed {seed} stage {g[need].stage.name}", g[need].run) for seed, g in gates.items()
-                if need in g and not g[need].finished.is_set()]
+        return [(f"seed {seed} stage {gate.stage.name}" + key[len(need):], gate.run) for seed, g in gates.items()
+                for key, gate in g.items() if key.split()[0] == need and not gate.finished.is_set()]
 
     return (stage_jobs("text") + arm_jobs(lambda needs: not needs) + stage_jobs("sps")
             + arm_jobs(lambda needs: "sps" in needs) + arm_jobs(lambda needs: needs == {"text"}))
