@@ -154,3 +154,20 @@ def test_compare_trains_the_asked_subset_and_reports_every_arm(tmp_path, monkeyp
         compare.main(["--spec", spec, "--output-dir", out, "--arms", "resnet"])
     with pytest.raises(SystemExit, match="not a seed"):
         compare.main(["--spec", spec, "--output-dir", out, "--seeds", "7"])
+
+
+def test_spt_statistics_average_the_logged_synthesis_after_the_first_quarter(tmp_path):
+    import json
+    run = tmp_path / "dpmpp" / "seed1"
+    run.mkdir(parents=True)
+    records = [{"iteration": it, "total_loss": 1.0, "spt_fraction": frac, "spt_transferred_fraction": 0.7,
+                "spt_covered_fraction": 0.2, "spt_mean_oiou": 0.9} for it, frac in ((0, 0.0), (20, 0.4), (40, 0.6))]
+    run.joinpath("metrics.json").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    stats = E.spt_statistics(str(run))
+    assert stats["spt_fraction"] == pytest.approx(0.5) and stats["spt_mean_oiou"] == pytest.approx(0.9)
+    assert E.spt_statistics(str(tmp_path / "none")) is None
+    exp = E.Experiment(arms=[E.Arm("dpmpp", "c.yml"), E.Arm("baseline", "c.yml")], seeds=[1], training="occluded",
+                       root=str(tmp_path), benchmark_dir=str(tmp_path), stage_config="c.yml")
+    table = E.spt_statistics_markdown(exp)
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines() if "dpmpp" in line]
+    assert rows == [["dpmpp", "1", "50.0 ± 0.0", "70.0 ± 0.0", "20.0 ± 0.0", "90.0 ± 0.0"]] and "baseline" not in table

@@ -23,7 +23,8 @@ from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.checkpoint import atomic_write_text
 from fastreid_dpmpp.engine.experiment import (Arm, Experiment, Setting, comparison_markdown, comparison_rows,
-                                              load_results, protocol_chance, run_experiment)
+                                              load_results, protocol_chance, run_experiment,
+                                              spt_statistics_markdown)
 
 
 _ARM_KEYS = {"name", "config", "opts", "needs", "weights_of", "interpolate", "sps_opts"}
@@ -104,6 +105,9 @@ def main(argv=None):
             chance = protocol_chance(exp.benchmark_dir, exp.training, split)
             text.append(comparison_markdown(rows, split, setting, chance))
             payload[f"{split}|{setting.describe()}"] = dict(rows=rows, chance=chance)
+    spt_table = spt_statistics_markdown(exp)
+    if spt_table:
+        text.append(spt_table)
     atomic_write_text("\n".join(text), os.path.join(report_dir, f"{name}.md"))
     atomic_write_text(json.dumps(payload, indent=1, default=float), os.path.join(report_dir, f"{name}.json"))
     print("\n".join(text))

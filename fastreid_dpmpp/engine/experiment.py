@@ -342,6 +342,42 @@ def comparison_markdown(rows, split, setting, chance=None):
     return f"{title}\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
 
 
+SPT_STATISTICS = ("spt_fraction", "spt_transferred_fraction", "spt_covered_fraction", "spt_mean_oiou")
+
+
+def spt_statistics(run_dir, skip=0.25):
+    """Means of the SPT synthesis statistics a Stage III run logged to metrics.json (``synthesis_statistics``),
+    over the iterations after the first ``skip`` of training; None when the run logged none."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    records = [r for r in records if "spt_fraction" in r]
+    if not records:
+        return None
+    last = max(r["iteration"] for r in records)
+    kept = [r for r in records if r["iteration"] >= skip * last] or records
+    return {key: float(np.mean([r[key] for r in kept])) for key in SPT_STATISTICS}
+
+
+def spt_statistics_markdown(exp):
+    """One row per arm that synthesises: mean ± std over seeds of its SPT statistics (%), or "" if none did."""
+    from tabulate import tabulate
+    body = []
+    for arm in exp.arms:
+        per_seed = [s for s in (spt_statistics(arm.run_dir(exp.root, seed)) for seed in exp.seeds) if s]
+        if per_seed:
+            body.append([arm.name, len(per_seed)] + [_fmt(_mean_std([100 * s[key] for s in per_seed]))
+                                                     for key in SPT_STATISTICS])
+    if not body:
+        return ""
+    headers = ["arm", "seeds", "synthesised % of batch", "patches from the partner %", "anchor's salient patches "
+               "covered %", "mean OIoU (× 100)"]
+    return ("SPT synthesis statistics (Stage III metrics.json, last three quarters of training; mean ± std over "
+            "seeds)\n\n" + tabulate(body, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
+
+
 def protocol_chance(benchmark_dir, training, split, draws=100, seed=0):
     """Random-ranking mAP / Rank-1 (mean, std over draws) of a split's occluded queries."""
     from ..data.benchmark import benchmark_split
