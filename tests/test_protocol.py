@@ -248,3 +248,9 @@ def test_comparison_rows_mean_std_paired_delta_and_oracle_bound():
     assert verdict(rows["ref"]) == "reference"
     table = comparison_markdown(list(rows.values()), "test1", Setting(space="bn_v"))
     assert "62.0 ± 1.0" in table and "70.0 ± 0.0" in table
+
+
+def test_seed_mean_std_is_the_sample_std_and_zero_for_one_seed():
+    from fastreid_dpmpp.evaluation.protocol import seed_mean_std
+    assert seed_mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)        # sample std: sqrt(((-1)^2 + 0 + 1^2) / 2) = 1
+    assert seed_mean_std([4.5]) == (4.5, 0.0)

@@ -199,11 +199,6 @@ def analyse_run(run_dir, args):
     return result
 
 
-def _mean_std(values):
-    values = np.asarray(values, float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
 def _share_of_gain(rows, name, bound):
     headroom = rows[bound]["mAP"] - rows["plain"]["mAP"]
     return (rows[name]["mAP"] - rows["plain"]["mAP"]) / headroom if headroom > 0 else float("nan")
@@ -218,12 +213,12 @@ def summary_rows(per_seed, names=ROWS, reference="constant", bound="oracle"):
     for name in names:
         if not all(name in s for s in per_seed):
             continue
-        row = dict(row=name, mAP=_mean_std([s[name]["mAP"] for s in per_seed]),
-                   recovered=_mean_std([_share_of_gain(s, name, bound) for s in per_seed]))
+        row = dict(row=name, mAP=P.seed_mean_std([s[name]["mAP"] for s in per_seed]),
+                   recovered=P.seed_mean_std([_share_of_gain(s, name, bound) for s in per_seed]))
         if name != reference:
             per_query = np.mean([np.subtract(s[name]["per_query_ap"], s[reference]["per_query_ap"])
                                  for s in per_seed], axis=0)
-            row["delta"] = _mean_std([s[name]["mAP"] - s[reference]["mAP"] for s in per_seed])
+            row["delta"] = P.seed_mean_std([s[name]["mAP"] - s[reference]["mAP"] for s in per_seed])
             row["delta_ci"] = P.bootstrap_interval(100.0 * per_query[np.isfinite(per_query)])
         table.append(row)
     return table

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..checkpoint import atomic_write_text
+from ..evaluation.protocol import seed_mean_std
 from ..resources import ResourceNotFoundError, configs_dir
 from .defaults import load_config
 from .eval_results import EVAL_RESULTS_FILE
@@ -321,9 +322,7 @@ def chance_metrics(data_root, draws=200, seed=0):
 
 
 def _mean_std(values):
-    values = np.asarray(values, dtype=float)
-    std = values.std(ddof=1) if values.size > 1 else 0.0
-    return f"{values.mean():.1f} ± {std:.1f}"
+    return "{:.1f} ± {:.1f}".format(*seed_mean_std(values))
 
 
 def markdown_table(table, summary, seeds, chance=None):

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..checkpoint import atomic_write_text
 from ..data.benchmark import benchmark_id, ensure_benchmark
-from ..evaluation.protocol import bootstrap_interval
+from ..evaluation.protocol import bootstrap_interval, seed_mean_std
 from ..resources import tools_dir
 from .ablation import _run_parallel
 from .pipeline import Stage, plan_stages, run_stage
@@ -275,11 +275,6 @@ def arm_values(protocol, split, setting):
                 per_query_ap=np.asarray(per_query, float), matching=matching)
 
 
-def _mean_std(values):
-    values = np.asarray(values, float)
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
 def comparison_rows(results, arms, seeds, split, setting, reference):
     """One dict per arm: mean ± std over seeds of mAP / R1 (occluded, holistic), and the paired delta of mAP
     against ``reference``: per-seed deltas (mean ± std) and a bootstrap interval over queries of the
@@ -294,15 +289,15 @@ def comparison_rows(results, arms, seeds, split, setting, reference):
             continue
         row = dict(arm=arm.name, seeds=sorted(values), matching=next(iter(values.values()))["matching"])
         for key in ("mAP", "R1", "mAP_holistic", "R1_holistic", "own_camera", "oracle_mAP"):
-            row[key] = _mean_std([v[key] for v in values.values()])
+            row[key] = seed_mean_std([v[key] for v in values.values()])
         paired = [s for s in values if s in reference_values and reference_values[s] is not None]
         if arm.name != reference and paired:
             deltas = [values[s]["mAP"] - reference_values[s]["mAP"] for s in paired]
             per_query = np.mean([values[s]["per_query_ap"] - reference_values[s]["per_query_ap"] for s in paired], 0)
             per_query = per_query[np.isfinite(per_query)]
-            row["delta"] = _mean_std(deltas)
+            row["delta"] = seed_mean_std(deltas)
             row["delta_ci"] = bootstrap_interval(100.0 * per_query)
-            row["holistic_delta"] = _mean_std([values[s]["mAP_holistic"] - reference_values[s]["mAP_holistic"]
+            row["holistic_delta"] = seed_mean_std([values[s]["mAP_holistic"] - reference_values[s]["mAP_holistic"]
                                                for s in paired])
         rows.append(row)
     return rows
@@ -368,7 +363,7 @@ def spt_statistics_markdown(exp):
     for arm in exp.arms:
         per_seed = [s for s in (spt_statistics(arm.run_dir(exp.root, seed)) for seed in exp.seeds) if s]
         if per_seed:
-            body.append([arm.name, len(per_seed)] + [_fmt(_mean_std([100 * s[key] for s in per_seed]))
+            body.append([arm.name, len(per_seed)] + [_fmt(seed_mean_std([100 * s[key] for s in per_seed]))
                                                      for key in SPT_STATISTICS])
     if not body:
         return ""
@@ -388,4 +383,4 @@ def protocol_chance(benchmark_dir, training, split, draws=100, seed=0):
     rng = np.random.default_rng(seed)
     values = [summarize(per_query_metrics(rng.random((len(q_pids), len(g_pids))), q_pids, g_pids, q_cams, g_cams))
               for _ in range(draws)]
-    return {m: _mean_std([v[m] for v in values]) for m in ("mAP", "Rank-1")}
+    return {m: seed_mean_std([v[m] for v in values]) for m in ("mAP", "Rank-1")}

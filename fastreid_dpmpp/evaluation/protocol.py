@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .masked_matching import SPEC_PLACEMENT, masked_distance
 
-__all__ = ["cosine_distance", "query_distance", "per_query_metrics", "summarize", "bootstrap_interval",
+__all__ = ["cosine_distance", "query_distance", "per_query_metrics", "summarize", "bootstrap_interval", "seed_mean_std",
            "paired_delta", "breakdown", "coverage_bins", "own_camera_top1_share", "channel_change",
            "keep_least_changed", "oracle_channel_masks",
            "shuffled_rows", "COVERAGE_BINS"]
@@ -79,6 +79,12 @@ def summarize(metrics, rows=None):
 def _valid_values(metrics, key="ap"):
     values = metrics[key][metrics["valid"]]
     return values if key == "ap" else (values <= 1).astype(float)
+
+
+def seed_mean_std(values):
+    """(mean, sample std) of per-seed values; std 0.0 for a single value."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
 def bootstrap_interval(values, num_samples=2000, level=0.95, seed=0):
