@@ -15,6 +15,16 @@ def test_a_person_shaped_map_is_salient_in_the_centre_and_not_at_the_border():
     assert summary["salient_fraction"] == pytest.approx((16 + 1) / 48)
     assert summary["saturated_fraction"] == pytest.approx(47 / 48)
     assert summary["mean_saliency"] == pytest.approx((16 + 0.6) / 48)
+    assert summary["template_agreement"] == pytest.approx(47 / 48)   # all but the one soft patch of image 1
+
+
+def test_template_agreement_is_low_for_image_specific_maps():
+    maps = torch.zeros(4, 2, 3)
+    for i in range(4):            # each image salient in another patch of row 0 / row 1 alternately
+        maps[i, i % 2, :] = 1.0
+    summary = saliency_layout(maps.reshape(4, -1), (2, 3))
+    # majority per patch: a tie (2 of 4) counts as salient, so every image agrees on its salient row only: 3 of 6
+    assert summary["template_agreement"] == pytest.approx(0.5)
 
 
 def test_an_inverted_map_is_salient_at_the_border():

@@ -7,7 +7,8 @@
 
 Prints, per model, over --num-images images (evenly spaced in the sorted list): mean soft saliency, salient
 fraction (>= SPT.THRESHOLD, the identity set SPT uses), saturated fraction, and the salient share of the centre
-columns (the synthetic persons stand there) against the border columns; draws the first --num-drawn of them.
+columns (the synthetic persons stand there) against the border columns, and how far every image's identity set is one
+fixed spatial template (agreement with the per-patch majority); draws the first --num-drawn of them.
 """
 import argparse
 import glob
@@ -70,8 +71,8 @@ def main(argv=None):
     paths = [paths[i] for i in np.linspace(0, len(paths) - 1, min(args.num_images, len(paths))).astype(int)]
     images = load_images(paths, cfg.INPUT.SIZE_TEST)
     batch = normalise(images, cfg)
-    lines = ["| SPS | mean saliency | salient % | saturated % | centre columns salient % | border columns salient % |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| SPS | mean saliency | salient % | saturated % | centre columns salient % | border columns salient % "
+             "| agreement with the majority template % |", "|---|---|---|---|---|---|---|"]
     maps = []
     for label, path in args.sps:
         model = load_frozen_sps_model(cfg, path)
@@ -80,7 +81,7 @@ def main(argv=None):
         summary = saliency_layout(saliency, model.grid_size, cfg.SPT.THRESHOLD)
         lines.append(f"| {label} | {summary['mean_saliency']:.2f} | {100 * summary['salient_fraction']:.0f} | "
                      f"{100 * summary['saturated_fraction']:.0f} | {100 * summary['centre_salient']:.0f} | "
-                     f"{100 * summary['border_salient']:.0f} |")
+                     f"{100 * summary['border_salient']:.0f} | {100 * summary['template_agreement']:.0f} |")
         maps.append(saliency[:args.num_drawn].reshape(-1, *model.grid_size))
     plot_saliency_maps(images[:args.num_drawn], maps, [label for label, _ in args.sps], args.output,
                        title=f"SPS saliency (bright = identity set), {len(paths)} images summarised")

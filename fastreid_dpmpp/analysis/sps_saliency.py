@@ -17,7 +17,9 @@ def saliency_layout(saliency, grid, threshold=0.5):
     salient_fraction     fraction of patches with saliency >= threshold (the identity set SPT uses);
     saturated_fraction   fraction of patches with saliency < 0.05 or > 0.95 (a near-binary map);
     centre_salient       salient fraction in the middle third of the columns (where the person stands);
-    border_salient       salient fraction in the outermost column on each side (background).
+    border_salient       salient fraction in the outermost column on each side (background);
+    template_agreement   mean fraction of an image's patches whose salient / not-salient label equals the majority
+                         label of that patch over the images (1.0: one fixed spatial template for every image).
     """
     hp, wp = int(grid[0]), int(grid[1])
     saliency = torch.as_tensor(saliency, dtype=torch.float32)
@@ -30,7 +32,9 @@ def saliency_layout(saliency, grid, threshold=0.5):
     centre = salient[:, :, third:wp - third]
     border = torch.cat([salient[:, :, :1], salient[:, :, -1:]], dim=2)
     saturated = ((maps < 0.05) | (maps > 0.95)).float()
-    return dict(mean_saliency=float(maps.mean()), salient_fraction=float(salient.mean()),
+    majority = (salient.mean(dim=0, keepdim=True) >= 0.5).float()
+    return dict(template_agreement=float((salient == majority).float().mean()),
+                mean_saliency=float(maps.mean()), salient_fraction=float(salient.mean()),
                 saturated_fraction=float(saturated.mean()), centre_salient=float(centre.mean()),
                 border_salient=float(border.mean()))
 
