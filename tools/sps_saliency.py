@@ -20,7 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 import fastreid_dpmpp  # noqa: E402,F401
 from fastreid.utils.logger import setup_logger  # noqa: E402
@@ -39,17 +38,12 @@ def _labelled(text):
     return label, path
 
 
-def load_images(paths, size_hw):
-    """uint8 (B, H, W, 3) at the test size."""
-    height, width = size_hw
-    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((width, height), Image.BILINEAR))
-                     for p in paths])
-
-
-def normalise(images, cfg):
-    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.MODEL.PIXEL_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() - mean) / std
+def load_images(paths, cfg):
+    """(B, 3, H, W) float in 0-255 through fast-reid's test transform (the model normalises)."""
+    from fastreid.data.data_utils import read_image
+    from fastreid.data.transforms import build_transforms
+    transform = build_transforms(cfg, is_train=False)
+    return torch.stack([transform(read_image(path, "RGB")) for path in paths])
 
 
 def main(argv=None):
@@ -69,21 +63,22 @@ def main(argv=None):
     if not paths:
         raise SystemExit(f"error: --images {args.images!r} matches no file")
     paths = [paths[i] for i in np.linspace(0, len(paths) - 1, min(args.num_images, len(paths))).astype(int)]
-    images = load_images(paths, cfg.INPUT.SIZE_TEST)
-    batch = normalise(images, cfg)
+    images = load_images(paths, cfg)
     lines = ["| SPS | mean saliency | salient % | saturated % | centre columns salient % | border columns salient % "
              "| agreement with the majority template % |", "|---|---|---|---|---|---|---|"]
     maps = []
     for label, path in args.sps:
         model = load_frozen_sps_model(cfg, path)
         with torch.no_grad():
-            saliency = torch.cat([model.saliency(chunk, None).float() for chunk in batch.split(64)])
+            saliency = torch.cat([model.saliency(model.preprocess_image(chunk), None).float()
+                                  for chunk in images.split(64)])
         summary = saliency_layout(saliency, model.grid_size, cfg.SPT.THRESHOLD)
         lines.append(f"| {label} | {summary['mean_saliency']:.2f} | {100 * summary['salient_fraction']:.0f} | "
                      f"{100 * summary['saturated_fraction']:.0f} | {100 * summary['centre_salient']:.0f} | "
                      f"{100 * summary['border_salient']:.0f} | {100 * summary['template_agreement']:.0f} |")
         maps.append(saliency[:args.num_drawn].reshape(-1, *model.grid_size))
-    plot_saliency_maps(images[:args.num_drawn], maps, [label for label, _ in args.sps], args.output,
+    drawn = images[:args.num_drawn].permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8).numpy()
+    plot_saliency_maps(drawn, maps, [label for label, _ in args.sps], args.output,
                        title=f"SPS saliency (bright = identity set), {len(paths)} images summarised")
     print("\n".join(lines))
     logger.info("saliency maps drawn to %s", args.output)

@@ -5,6 +5,7 @@ background without a segmentation. Reads tensors; trains nothing."""
 import numpy as np
 import torch
 
+from ..modeling.stage3_patch_transfer import binarize_saliency
 from .figures import _bare, _suptitle, new_figure, save_figure
 
 __all__ = ["saliency_layout", "plot_saliency_maps"]
@@ -27,7 +28,7 @@ def saliency_layout(saliency, grid, threshold=0.5):
         raise ValueError(f"fastreid_dpmpp/analysis/sps_saliency.py: saliency must be (B, {hp}*{wp}) with at least "
                          f"3 columns, got {tuple(saliency.shape)} for grid {(hp, wp)}")
     maps = saliency.reshape(-1, hp, wp)
-    salient = (maps >= threshold).float()
+    salient = binarize_saliency(saliency, (hp, wp), threshold).float()
     third = wp // 3
     centre = salient[:, :, third:wp - third]
     border = torch.cat([salient[:, :, :1], salient[:, :, -1:]], dim=2)
