@@ -138,6 +138,9 @@ def add_dpmpp_config(cfg):
     # partner guard [ours]: a candidate's salient area must be >= this x the anchor's (0 = SPEC, no guard);
     # OIoU divides by the candidate's own area, so without it tiny partner masks score ~1 (label noise)
     _C.SPT.MIN_PARTNER_AREA = 0.0
+    # where the synthesised sample keeps the anchor: "partner" = inside the partner's identity set M_j (Eq. 7,
+    # SPEC); "union" [ours] = inside M_i ∨ M_j, so the partner never replaces the anchor's own identity set
+    _C.SPT.KEEP = "partner"
     _C.SPT.PROB = 0.5                       # p, probability of synthesising a sample [ours]
     _C.SPT.THRESHOLD = 0.5                  # binarisation of the SPS saliency
     _C.SPT.IGNORE_PARTNER = True            # candidate-identity ignoring in CE and triplet

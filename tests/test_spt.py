@@ -417,3 +417,29 @@ def test_save_synthesis_figure_writes_a_png(tmp_path):
     empty = tmp_path / "none.png"
     spt_samples.save_synthesis_figure(str(empty), images, images, masks, torch.full((4,), -1), torch.arange(4), mean, std)
     assert empty.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_synthesize_tokens_union_keeps_the_anchor_inside_either_identity_set():
+    tokens = numbered_tokens(2, 4)
+    masks = batch(grid(["10", "01"]), grid(["01", "01"]))  # M_0 = [1,0,0,1], M_1 = [0,1,0,1]
+    partners = torch.tensor([1, -1])
+    partner_rule = spt.synthesize_tokens(tokens, partners, masks)
+    union_rule = spt.synthesize_tokens(tokens, partners, masks, keep="union")
+    # Eq. 7: the anchor survives only inside M_1 (tokens 1, 3); token 0 (its own identity set) goes to the partner
+    assert partner_rule[0].tolist() == [[100, 101], [10, 11], [120, 121], [30, 31]]
+    # union: the anchor keeps M_0 ∨ M_1 = tokens 0, 1, 3; only token 2 (in neither set) comes from the partner
+    assert union_rule[0].tolist() == [[0, 1], [10, 11], [120, 121], [30, 31]]
+    assert torch.equal(union_rule[1], tokens[1])
+    with pytest.raises(ValueError, match="SPT.KEEP"):
+        spt.synthesize_tokens(tokens, partners, masks, keep="anchor")
+
+
+def test_synthesis_statistics_union_counts_only_patches_outside_both_sets():
+    masks = batch(grid(["10", "01"]), grid(["01", "01"]))
+    partners = torch.tensor([1, -1])
+    partner_rule = spt.synthesis_statistics(partners, masks)
+    union_rule = spt.synthesis_statistics(partners, masks, keep="union")
+    assert partner_rule["spt_transferred_fraction"] == pytest.approx(0.5)   # 1 - |M_1| / 4
+    assert partner_rule["spt_covered_fraction"] == pytest.approx(0.5)      # token 0 of M_0 = {0, 3} replaced
+    assert union_rule["spt_transferred_fraction"] == pytest.approx(0.25)   # 1 - |M_0 ∨ M_1| / 4
+    assert union_rule["spt_covered_fraction"] == 0.0

@@ -82,9 +82,10 @@ def hand_binary_masks(sps, images, camids, threshold=0.5):
 
 
 # ----------------------------------------------------------------------------- Eq. 7 through the model
-@pytest.mark.parametrize("sps_stride", [12, 16])
-def test_synthesised_tokens_are_eq7_of_the_two_patch_embeddings(sps_stride):
-    reid, sps, synthesizer = reid_with_spt("MODEL.BACKBONE.STRIDE_SIZE", (sps_stride, sps_stride))
+@pytest.mark.parametrize("sps_stride,keep", [(12, "partner"), (16, "partner"), (12, "union")])
+def test_synthesised_tokens_are_eq7_of_the_two_patch_embeddings(sps_stride, keep):
+    reid, sps, synthesizer = reid_with_spt("MODEL.BACKBONE.STRIDE_SIZE", (sps_stride, sps_stride),
+                                           cfg_overrides=("SPT.KEEP", keep))
     data = batch()
     records = record_transformer_inputs(reid)
     with EventStorage(0):
@@ -111,7 +112,8 @@ def test_synthesised_tokens_are_eq7_of_the_two_patch_embeddings(sps_stride):
         assert j != i and (j < 0 or data["targets"][j] != data["targets"][i])
         if j >= 0:
             for n in range(embedded.shape[1]):
-                expected[i, n] = embedded[i, n] if token_masks[j, n] else embedded[j, n]
+                anchor_kept = token_masks[j, n] or (keep == "union" and token_masks[i, n])
+                expected[i, n] = embedded[i, n] if anchor_kept else embedded[j, n]
     assert len(records) == 1
     torch.testing.assert_close(records[0][0], expected)
 

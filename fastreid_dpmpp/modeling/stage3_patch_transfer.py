@@ -36,6 +36,7 @@ __all__ = [
     "candidate_count",
     "select_partners",
     "resize_masks",
+    "KEEP_CHOICES",
     "synthesize_tokens",
     "ignored_partner_classes",
     "excluded_negative_pairs",
@@ -237,8 +238,15 @@ def resize_masks(masks, grid):
     return resized.squeeze(1) > 0.5
 
 
-def synthesize_tokens(tokens, partners, partner_masks):
+KEEP_CHOICES = ("partner", "union")
+
+
+def synthesize_tokens(tokens, partners, partner_masks, keep="partner"):
     """Eq. 7 on patch tokens: x̃_i = x_i ⊙ M_j + x_j ⊙ (1 − M_j) for j = partners[i]; rows with −1 unchanged.
+
+    keep="union" [ours] keeps the anchor inside M_i ∨ M_j instead of M_j alone: the partner then supplies only the
+    patches that neither image's identity set covers (its background and what occludes it there), never a patch
+    of the anchor's own identity set.
 
     tokens: (B, N, D) patch embeddings (before class token / position embedding).
     partners: (B,) long from ``select_partners``.
@@ -261,24 +269,29 @@ def synthesize_tokens(tokens, partners, partner_masks):
             f"{_FILE} synthesize_tokens: partner_masks must hold {num_tokens} cells for each of "
             f"the {batch_size} samples (resize_masks to the token grid first), got {tuple(partner_masks.shape)}"
         )
+    if keep not in KEEP_CHOICES:
+        raise ValueError(f"{_FILE} synthesize_tokens: keep must be one of {KEEP_CHOICES} (SPT.KEEP), got {keep!r}")
     has_partner = partners >= 0
     # Rows without a partner read from themselves with an all-ones mask, so one select covers the batch;
     # a select (not x·M + x_j·(1−M)) is exact for binary masks and never mixes inf/NaN from the other source.
     source = torch.where(has_partner, partners, torch.arange(batch_size, device=tokens.device))
-    keep_own = (flat_masks.to(tokens.device)[source] != 0) | ~has_partner.unsqueeze(1)   # M_j on i's grid, (B, N)
+    flat_masks = flat_masks.to(tokens.device) != 0
+    keep_own = flat_masks[source] | ~has_partner.unsqueeze(1)   # M_j on i's grid, (B, N)
+    if keep == "union":
+        keep_own = keep_own | flat_masks
     return torch.where(keep_own.unsqueeze(-1), tokens, tokens[source])
 
 
 class PatchTransfer:
     """Eq. 7 for one batch as the backbone's ``patch_transform`` (applied to the patch tokens right after the patch
-    embedding): ``PatchTransfer(partners, partner_masks)(tokens) = synthesize_tokens(tokens, partners,
-    partner_masks)``."""
+    embedding): ``PatchTransfer(partners, partner_masks, keep)(tokens) = synthesize_tokens(tokens, partners,
+    partner_masks, keep)``."""
 
-    def __init__(self, partners, partner_masks):
-        self.partners, self.partner_masks = partners, partner_masks
+    def __init__(self, partners, partner_masks, keep="partner"):
+        self.partners, self.partner_masks, self.keep = partners, partner_masks, keep
 
     def __call__(self, tokens):
-        return synthesize_tokens(tokens, partners=self.partners, partner_masks=self.partner_masks)
+        return synthesize_tokens(tokens, partners=self.partners, partner_masks=self.partner_masks, keep=self.keep)
 
 
 # ----------------------------------------------------------------------------------------- step 6
@@ -301,14 +314,16 @@ def excluded_negative_pairs(partners, labels):
 
 
 # ----------------------------------------------------------------------------------------- logging
-def synthesis_statistics(partners, masks):
-    """Per-iteration SPT statistics (floats; the mean ratios are 0.0 when nothing was synthesised):
+def synthesis_statistics(partners, masks, keep="partner"):
+    """Per-iteration SPT statistics (floats; the mean ratios are 0.0 when nothing was synthesised), for the
+    ``keep`` rule of :func:`synthesize_tokens`:
 
     spt_fraction             fraction of the batch synthesised;
     spt_mean_oiou            mean unrolled OIoU(M_i, M_j) of the accepted pairs;
     spt_covered_fraction     mean fraction of the anchor's salient patches replaced by the partner
-                             (|M_i ∧ ¬M_j| / |M_i|), i.e. how much of the person gets occluded;
-    spt_transferred_fraction mean fraction of all patches taken from the partner (1 − |M_j| / N).
+                             (|M_i ∧ ¬M_j| / |M_i|; 0 with keep="union"), i.e. how much of the person gets occluded;
+    spt_transferred_fraction mean fraction of all patches taken from the partner (1 − |M_j| / N; with
+                             keep="union" 1 − |M_i ∨ M_j| / N).
     """
     _check_masks(masks, "synthesis_statistics")
     batch_size = masks.shape[0]
@@ -324,13 +339,14 @@ def synthesis_statistics(partners, masks):
     anchor_area = anchors.sum(dim=1)
     source_area = sources.sum(dim=1)
     intersection = (anchors * sources).sum(dim=1)
+    kept_area = source_area if keep == "partner" else anchor_area + source_area - intersection
     oiou = torch.where(source_area > 0, intersection / source_area.clamp(min=1), torch.zeros_like(source_area))
     covered = torch.where(
         anchor_area > 0, (anchor_area - intersection) / anchor_area.clamp(min=1), torch.zeros_like(anchor_area)
-    )
+    ) if keep == "partner" else torch.zeros_like(anchor_area)
     stats.update(
         spt_mean_oiou=oiou.mean().item(),
         spt_covered_fraction=covered.mean().item(),
-        spt_transferred_fraction=(1 - source_area / anchors.shape[1]).mean().item(),
+        spt_transferred_fraction=(1 - kept_area / anchors.shape[1]).mean().item(),
     )
     return stats

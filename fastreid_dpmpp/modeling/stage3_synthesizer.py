@@ -29,6 +29,7 @@ import torch
 
 from .module_utils import freeze_model
 from .stage3_patch_transfer import (
+    KEEP_CHOICES,
     NO_PARTNER,
     PatchTransfer,
     binarize_saliency,
@@ -54,10 +55,11 @@ class SPTSynthesizer:
         threshold, alpha, beta, top_fraction, prob, use_oiou, use_rolling, ignore_partner: SPT.THRESHOLD, ALPHA,
             BETA, TOP_FRACTION, PROB, OIOU, MASK_ROLLING, IGNORE_PARTNER.
         seed: seed of the pairing generator; None or < 0 = a random seed.
+        min_partner_area, keep: SPT.MIN_PARTNER_AREA, SPT.KEEP (both [ours]).
     """
 
     def __init__(self, sps_model, token_grid, threshold=0.5, alpha=0.7, beta=0.7, top_fraction=0.1, prob=0.5,
-                 use_oiou=True, use_rolling=True, ignore_partner=True, seed=None, min_partner_area=0.0):
+                 use_oiou=True, use_rolling=True, ignore_partner=True, seed=None, min_partner_area=0.0, keep="partner"):
         self.sps_model = freeze_model(sps_model)
         self.sps_grid = tuple(int(v) for v in sps_model.grid_size)
         self.token_grid = tuple(int(v) for v in token_grid)
@@ -67,6 +69,7 @@ class SPTSynthesizer:
         self.use_oiou, self.use_rolling = bool(use_oiou), bool(use_rolling)
         self.ignore_partner = bool(ignore_partner)
         self.min_partner_area = float(min_partner_area)
+        self.keep = str(keep)
         self._check_arguments()
         self.generator = torch.Generator()
         if seed is None or int(seed) < 0:
@@ -85,7 +88,7 @@ class SPTSynthesizer:
         return cls(sps_model, token_grid, threshold=spt.THRESHOLD, alpha=spt.ALPHA, beta=spt.BETA,
                    top_fraction=spt.TOP_FRACTION, prob=spt.PROB, use_oiou=spt.OIOU, use_rolling=spt.MASK_ROLLING,
                    ignore_partner=spt.IGNORE_PARTNER, seed=cfg.get("SEED", -1) if seed is None else seed,
-                   min_partner_area=spt.MIN_PARTNER_AREA)
+                   min_partner_area=spt.MIN_PARTNER_AREA, keep=spt.KEEP)
 
     def _check_arguments(self):
         checks = [("SPT.THRESHOLD", self.threshold, 0.0, 1.0), ("SPT.ALPHA", self.alpha, 0.0, 1.0),
@@ -95,6 +98,8 @@ class SPTSynthesizer:
                 raise ValueError(f"{key} must lie in [{low}, {high}], got {value}")
         if self.min_partner_area < 0:
             raise ValueError(f"SPT.MIN_PARTNER_AREA must be >= 0, got {self.min_partner_area}")
+        if self.keep not in KEEP_CHOICES:
+            raise ValueError(f"SPT.KEEP must be one of {KEEP_CHOICES}, got {self.keep!r}")
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"SPT.TOP_FRACTION must lie in (0, 1], got {self.top_fraction}")
 
@@ -139,11 +144,11 @@ class SPTSynthesizer:
             ignored = torch.full_like(targets, NO_PARTNER)
             excluded = torch.zeros(targets.numel(), targets.numel(), dtype=torch.bool, device=targets.device)
         info = {
-            "patch_transform": PatchTransfer(partners, token_masks),
+            "patch_transform": PatchTransfer(partners, token_masks, self.keep),
             "partners": partners,
             "ignored_classes": ignored,
             "excluded_negatives": excluded,
-            "stats": synthesis_statistics(partners, masks),
+            "stats": synthesis_statistics(partners, masks, self.keep),
             "masks": masks,
             "token_masks": token_masks,
         }
