@@ -9,6 +9,11 @@ Prints, per model, over --num-images images (evenly spaced in the sorted list): 
 fraction (>= SPT.THRESHOLD, the identity set SPT uses), saturated fraction, and the salient share of the centre
 columns (the synthetic persons stand there) against the border columns, and how far every image's identity set is one
 fixed spatial template (agreement with the per-patch majority); draws the first --num-drawn of them.
+
+With --twins the images must be occluded queries of a generated benchmark (``.../query/*.jpg``): their unoccluded
+twins (``query_holistic/``) locate each occluder, and a second table says how much of the occluder lies on the
+person (the twins' majority identity set) and how much of that the identity set keeps — the part Eq. 7 can never
+paste on an anchor — against the same rate on the person's visible patches.
 """
 import argparse
 import glob
@@ -24,9 +29,12 @@ import torch  # noqa: E402
 import fastreid_dpmpp  # noqa: E402,F401
 from fastreid.utils.logger import setup_logger  # noqa: E402
 
-from fastreid_dpmpp.analysis.sps_saliency import plot_saliency_maps, saliency_layout  # noqa: E402
+from fastreid_dpmpp.analysis.spatial_visibility import occluder_patches  # noqa: E402
+from fastreid_dpmpp.analysis.sps_saliency import (  # noqa: E402
+    occluder_in_identity_set, plot_saliency_maps, saliency_layout)
 from fastreid_dpmpp.engine.defaults import load_config  # noqa: E402
 from fastreid_dpmpp.engine.sps_checkpoint import load_frozen_sps_model  # noqa: E402
+from fastreid_dpmpp.modeling.stage3_patch_transfer import binarize_saliency  # noqa: E402
 
 logger = logging.getLogger("fastreid.dpmpp.sps_saliency")
 
@@ -46,6 +54,31 @@ def load_images(paths, cfg):
     return torch.stack([transform(read_image(path, "RGB")) for path in paths])
 
 
+def twin_paths(paths):
+    """The unoccluded twin of each occluded query: the same file name in the sibling query_holistic/ folder."""
+    twins = [os.path.join(os.path.dirname(os.path.dirname(path)), "query_holistic", os.path.basename(path))
+             for path in paths]
+    missing = [path for path in twins if not os.path.isfile(path)]
+    if any(os.path.basename(os.path.dirname(path)) != "query" for path in paths) or missing:
+        raise SystemExit(f"error: --twins needs occluded queries (.../query/*.jpg) whose twins exist in "
+                         f"query_holistic/; missing e.g. {missing[:1]}")
+    return twins
+
+
+def saliency_of(model, images):
+    with torch.no_grad():
+        return torch.cat([model.saliency(model.preprocess_image(chunk), None).float() for chunk in images.split(64)])
+
+
+def occluder_row(label, model, images, twins, threshold):
+    salient = binarize_saliency(saliency_of(model, images), model.grid_size, threshold).flatten(1)
+    person = binarize_saliency(saliency_of(model, twins), model.grid_size, threshold).flatten(1).float().mean(0) >= 0.5
+    occluder = occluder_patches(images, twins, model.backbone.patch_size, model.backbone.stride)
+    numbers = occluder_in_identity_set(salient, occluder, person)
+    return (f"| {label} | {100 * numbers['occluder_on_person']:.0f} | {100 * numbers['occluder_kept']:.0f} | "
+            f"{100 * numbers['visible_kept']:.0f} | {100 * numbers['occluder_transferable']:.0f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="a Stage III / DPM++ config (model and input size)")
@@ -55,6 +88,8 @@ def main(argv=None):
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--num-drawn", type=int, default=8)
     parser.add_argument("--output", required=True, help="PNG of the saliency maps")
+    parser.add_argument("--twins", action="store_true", help="the images are occluded queries: also measure how "
+                        "much of each occluder the identity set keeps (needs query_holistic/ beside query/)")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     setup_logger(name="fastreid")
@@ -64,14 +99,18 @@ def main(argv=None):
         raise SystemExit(f"error: --images {args.images!r} matches no file")
     paths = [paths[i] for i in np.linspace(0, len(paths) - 1, min(args.num_images, len(paths))).astype(int)]
     images = load_images(paths, cfg)
+    twins = load_images(twin_paths(paths), cfg) if args.twins else None
+    occluder_lines = ["| SPS | occluder patches inside the twins' identity set % | of those kept in the identity set % "
+                      "| visible patches of the twins' identity set kept % | occluder patches a partner hands over % |",
+                      "|---|---|---|---|---|"]
     lines = ["| SPS | mean saliency | salient % | saturated % | centre columns salient % | border columns salient % "
              "| agreement with the majority template % |", "|---|---|---|---|---|---|---|"]
     maps = []
     for label, path in args.sps:
         model = load_frozen_sps_model(cfg, path)
-        with torch.no_grad():
-            saliency = torch.cat([model.saliency(model.preprocess_image(chunk), None).float()
-                                  for chunk in images.split(64)])
+        saliency = saliency_of(model, images)
+        if args.twins:
+            occluder_lines.append(occluder_row(label, model, images, twins, cfg.SPT.THRESHOLD))
         summary = saliency_layout(saliency, model.grid_size, cfg.SPT.THRESHOLD)
         lines.append(f"| {label} | {summary['mean_saliency']:.2f} | {100 * summary['salient_fraction']:.0f} | "
                      f"{100 * summary['saturated_fraction']:.0f} | {100 * summary['centre_salient']:.0f} | "
@@ -81,6 +120,8 @@ def main(argv=None):
     plot_saliency_maps(drawn, maps, [label for label, _ in args.sps], args.output,
                        title=f"SPS saliency (bright = identity set), {len(paths)} images summarised")
     print("\n".join(lines))
+    if args.twins:
+        print("\n".join([""] + occluder_lines))
     logger.info("saliency maps drawn to %s", args.output)
 
 

@@ -8,7 +8,7 @@ import torch
 from ..modeling.stage3_patch_transfer import binarize_saliency
 from .figures import _bare, _suptitle, new_figure, save_figure
 
-__all__ = ["saliency_layout", "plot_saliency_maps"]
+__all__ = ["saliency_layout", "occluder_in_identity_set", "plot_saliency_maps"]
 
 
 def saliency_layout(saliency, grid, threshold=0.5):
@@ -38,6 +38,35 @@ def saliency_layout(saliency, grid, threshold=0.5):
                 mean_saliency=float(maps.mean()), salient_fraction=float(salient.mean()),
                 saturated_fraction=float(saturated.mean()), centre_salient=float(centre.mean()),
                 border_salient=float(border.mean()))
+
+
+def occluder_in_identity_set(salient, occluder, template):
+    """How much of an occluder SPT can hand over. Eq. 7 takes the partner's tokens only outside the partner's
+    identity set, so an occluder that the partner's SPS keeps inside its identity set is never pasted on the anchor.
+
+    salient (B, N) bool: identity sets of occluded images; occluder (B, N) bool: the patches their occluder covers;
+    template (N,) bool: where the person stands (e.g. the majority identity set of the unoccluded twins).
+    Returns fractions:
+
+    occluder_on_person     |occ ∧ T| / |occ|: the occluder's patches that lie on the person;
+    occluder_kept          |occ ∧ T ∧ S| / |occ ∧ T|: of those, kept in the identity set (not transferable);
+    visible_kept           |¬occ ∧ T ∧ S| / |¬occ ∧ T|: the same rate on the person's unoccluded patches;
+    occluder_transferable  |occ ∧ ¬S| / |occ|: the occluder's patches a partner hands over.
+    """
+    salient, occluder = torch.as_tensor(salient).bool(), torch.as_tensor(occluder).bool()
+    template = torch.as_tensor(template).bool().expand_as(salient)
+    if salient.shape != occluder.shape:
+        raise ValueError(f"fastreid_dpmpp/analysis/sps_saliency.py: identity sets {tuple(salient.shape)} and occluder "
+                         f"patches {tuple(occluder.shape)} differ in shape")
+
+    def ratio(part, whole):
+        whole = int(whole.sum())
+        return float(part.sum()) / whole if whole else float("nan")
+
+    on_person, visible_person = occluder & template, ~occluder & template
+    return dict(occluder_on_person=ratio(on_person, occluder), occluder_kept=ratio(on_person & salient, on_person),
+                visible_kept=ratio(visible_person & salient, visible_person),
+                occluder_transferable=ratio(occluder & ~salient, occluder))
 
 
 def plot_saliency_maps(images, maps, labels, path, title=None):
