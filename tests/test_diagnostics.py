@@ -122,6 +122,7 @@ def test_demo_rows_table_and_reading():
     assert "worse than the CLIP baseline" in text
     assert "(DPM++ against DPM): -3.8 mAP occluded, -8.0 without occluders" in text
     assert "dpm +0.1, dpmpp -0.2" in text
+    assert "The budget" not in text and "fine-tunes 15 epochs" in demo.reading(rows, epochs=15)
 
 
 def test_demo_schedule_keeps_the_step_fractions():
