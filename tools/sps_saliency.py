@@ -70,8 +70,9 @@ def saliency_of(model, images):
         return torch.cat([model.saliency(model.preprocess_image(chunk), None).float() for chunk in images.split(64)])
 
 
-def occluder_row(label, model, images, twins, threshold):
-    salient = binarize_saliency(saliency_of(model, images), model.grid_size, threshold).flatten(1)
+def occluder_row(label, model, saliency, images, twins, threshold):
+    """One row of the --twins table; ``saliency`` is the model's (B, N) saliency of ``images``."""
+    salient = binarize_saliency(saliency, model.grid_size, threshold).flatten(1)
     person = binarize_saliency(saliency_of(model, twins), model.grid_size, threshold).flatten(1).float().mean(0) >= 0.5
     occluder = occluder_patches(images, twins, model.backbone.patch_size, model.backbone.stride)
     numbers = occluder_in_identity_set(salient, occluder, person)
@@ -110,7 +111,7 @@ def main(argv=None):
         model = load_frozen_sps_model(cfg, path)
         saliency = saliency_of(model, images)
         if args.twins:
-            occluder_lines.append(occluder_row(label, model, images, twins, cfg.SPT.THRESHOLD))
+            occluder_lines.append(occluder_row(label, model, saliency, images, twins, cfg.SPT.THRESHOLD))
         summary = saliency_layout(saliency, model.grid_size, cfg.SPT.THRESHOLD)
         lines.append(f"| {label} | {summary['mean_saliency']:.2f} | {100 * summary['salient_fraction']:.0f} | "
                      f"{100 * summary['saturated_fraction']:.0f} | {100 * summary['centre_salient']:.0f} | "
