@@ -16,45 +16,13 @@ import os
 import sys
 from dataclasses import replace
 
-import yaml
-
 import fastreid_dpmpp  # noqa: F401
 from fastreid.utils.logger import setup_logger
 
 from fastreid_dpmpp.checkpoint import atomic_write_text
-from fastreid_dpmpp.engine.experiment import (Arm, Experiment, Setting, comparison_markdown, comparison_rows,
-                                              load_results, protocol_chance, run_experiment,
+from fastreid_dpmpp.engine.experiment import (Experiment, comparison_markdown, comparison_rows, load_results,
+                                              load_spec, protocol_chance, run_experiment, settings_of,
                                               spt_statistics_markdown)
-
-
-_ARM_KEYS = {"name", "config", "opts", "needs", "weights_of", "interpolate", "sps_opts"}
-
-
-def load_spec(path):
-    with open(path) as f:
-        spec = yaml.safe_load(f)
-    folder = os.path.dirname(os.path.abspath(path))
-    missing = [k for k in ("training", "seeds", "arms", "stage_config") if k not in spec]
-    if missing:
-        raise ValueError(f"{path}: the experiment spec lacks {missing}")
-    for a in spec["arms"]:
-        unknown = sorted(set(a) - _ARM_KEYS)
-        if unknown:
-            raise ValueError(f"{path}: arm {a.get('name')!r}: unknown key(s) {unknown}; expected some of "
-                             f"{sorted(_ARM_KEYS)}")
-    configs = {a["name"]: a.get("config") for a in spec["arms"]}
-    arms = [Arm(a["name"], os.path.normpath(os.path.join(folder, a.get("config") or configs[a["weights_of"]])),
-                tuple(str(o) for o in a.get("opts", [])), tuple(a.get("needs", [])), a.get("weights_of", ""),
-                float(a.get("interpolate", 1.0)), tuple(str(o) for o in a.get("sps_opts", [])))
-            for a in spec["arms"]]
-    for arm in arms:
-        if not os.path.isfile(arm.config):
-            raise FileNotFoundError(f"{path}: arm {arm.name!r}: config file {arm.config} does not exist")
-    return spec, arms, os.path.normpath(os.path.join(folder, spec["stage_config"]))
-
-
-def settings_of(spec):
-    return [Setting(**s) for s in spec.get("settings", [spec.get("setting", {})])]
 
 
 def main(argv=None):

@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+import yaml
 
 from ..checkpoint import atomic_write_text
 from ..data.benchmark import benchmark_id, ensure_benchmark
@@ -31,7 +32,8 @@ from .ablation import _run_parallel
 from .pipeline import Stage, plan_stages, run_stage
 from .protocol_eval import ORACLE_KEEP_FRACTIONS
 
-__all__ = ["Arm", "Setting", "run_experiment", "arm_values", "comparison_rows", "comparison_markdown"]
+__all__ = ["Arm", "Setting", "load_spec", "settings_of", "run_experiment", "arm_values", "comparison_rows",
+           "comparison_markdown"]
 
 logger = logging.getLogger("fastreid.dpmpp.experiment")
 
@@ -79,6 +81,38 @@ class Experiment:
     tools_dir: str = None                   # tools/ (evaluate_protocol.py, train_*.py); None: resources.tools_dir()
     eval_spaces: tuple = ()                 # descriptor spaces to evaluate; () = every space the model has
     eval_sie: tuple = ("off", "on")         # SIE at test settings to evaluate
+
+
+_ARM_KEYS = {"name", "config", "opts", "needs", "weights_of", "interpolate", "sps_opts"}
+
+
+def load_spec(path):
+    """(spec dict, [Arm], stage config path) of an experiment spec (YAML; paths relative to its folder)."""
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    folder = os.path.dirname(os.path.abspath(path))
+    missing = [k for k in ("training", "seeds", "arms", "stage_config") if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: the experiment spec lacks {missing}")
+    for a in spec["arms"]:
+        unknown = sorted(set(a) - _ARM_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: arm {a.get('name')!r}: unknown key(s) {unknown}; expected some of "
+                             f"{sorted(_ARM_KEYS)}")
+    configs = {a["name"]: a.get("config") for a in spec["arms"]}
+    arms = [Arm(a["name"], os.path.normpath(os.path.join(folder, a.get("config") or configs[a["weights_of"]])),
+                tuple(str(o) for o in a.get("opts", [])), tuple(a.get("needs", [])), a.get("weights_of", ""),
+                float(a.get("interpolate", 1.0)), tuple(str(o) for o in a.get("sps_opts", [])))
+            for a in spec["arms"]]
+    for arm in arms:
+        if not os.path.isfile(arm.config):
+            raise FileNotFoundError(f"{path}: arm {arm.name!r}: config file {arm.config} does not exist")
+    return spec, arms, os.path.normpath(os.path.join(folder, spec["stage_config"]))
+
+
+def settings_of(spec):
+    """The spec's table settings, the headline first."""
+    return [Setting(**s) for s in spec.get("settings", [spec.get("setting", {})])]
 
 
 def _stage_dirs(exp, seed, train_root, sps_opts=()):
