@@ -32,12 +32,10 @@ def parse_curve(text):
 
 def arm_epochs(spec, arms):
     """{arm name: Stage III epochs}."""
-    by_name = {arm.name: arm for arm in arms}
-    epochs = {}
-    for arm in arms:
-        trained = by_name[arm.weights_of] if arm.weights_of else arm
-        opts = [str(o) for o in spec.get("opts", [])] + list(trained.opts)
-        epochs[arm.name] = int(load_config(trained.config, opts).SOLVER.MAX_EPOCH)
+    spec_opts = [str(o) for o in spec.get("opts", [])]
+    epochs = {arm.name: int(load_config(arm.config, spec_opts + list(arm.opts)).SOLVER.MAX_EPOCH)
+              for arm in arms if not arm.weights_of}
+    epochs.update({arm.name: epochs[arm.weights_of] for arm in arms if arm.weights_of})
     return epochs
 
 

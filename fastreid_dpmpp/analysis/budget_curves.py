@@ -43,6 +43,8 @@ def plot_budget_curves(curves, path, splits=("val", "test1", "test2"), title=Non
         raise ValueError("budget curves: nothing to plot")
     figure = new_figure(4.2 * len(splits), 3.4)
     axes = figure.subplots(1, len(splits), squeeze=False)[0]
+    preferred = {label: val_preferred(by_split["val"])[0] if by_split.get("val") else None
+                 for label, by_split in curves.items()}
     for axis, split in zip(axes, splits):
         for colour, (label, by_split) in zip(CURVE_COLOURS * 4, curves.items()):
             points = by_split.get(split, [])
@@ -50,12 +52,9 @@ def plot_budget_curves(curves, path, splits=("val", "test1", "test2"), title=Non
                 continue
             epochs, means, stds = zip(*points)
             axis.errorbar(epochs, means, yerr=stds, color=colour, marker="o", markersize=4, capsize=3, label=label)
-            if by_split.get("val"):
-                preferred = val_preferred(by_split["val"])[0]
-                if preferred in epochs:
-                    mean = means[epochs.index(preferred)]
-                    axis.plot([preferred], [mean], marker="o", markersize=11, markerfacecolor="none",
-                              markeredgecolor=colour, linestyle="none")
+            if preferred[label] in epochs:
+                axis.plot([preferred[label]], [means[epochs.index(preferred[label])]], marker="o", markersize=11,
+                          markerfacecolor="none", markeredgecolor=colour, linestyle="none")
         axis.set_title(f"{split}: occluded queries", fontsize=9)
         axis.set_xlabel("Stage III epochs", fontsize=8)
         axis.set_ylabel("mAP (%)", fontsize=8)
